@@ -1,0 +1,220 @@
+"""The circuit breaker between the offer service and its partner.
+
+pybreaker is the state machine: closed, open, half-open, the failure counter,
+the reset timeout, the listeners and the storage all stay pybreaker's. What
+this module adds is what an asyncio service needs and pybreaker lacks:
+
+1. **Two steps instead of one call.** `pybreaker.CircuitBreaker.call` holds a
+   threading lock for the whole guarded call. Around an `await` that would
+   serialize every request through the breaker. Here, as in gobreaker's
+   TwoStepCircuitBreaker, `admit` decides whether a call may go ahead, the
+   call is awaited with no lock held, and the outcome is recorded afterwards.
+2. **Stale outcomes are ignored.** pybreaker builds a new state object on
+   every transition, so the state object that admitted a call is its
+   generation. A slow call that started before the circuit opened must not
+   count against the new state, so an outcome is only recorded while the
+   same state object is current.
+3. **One trial call while half-open.** pybreaker lets every concurrent caller
+   through while half-open; a partner that is just recovering would get a
+   stampede. Here one trial call is in flight at a time; the others are
+   rejected at once, as if the circuit were still open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import pybreaker
+import redis
+
+from settings import OfferSettings
+
+log = logging.getLogger("circuit_breaker")
+
+T = TypeVar("T")
+
+BREAKER_NAME = "partner-offer"
+
+
+class PartnerRejected(Exception):
+    """The partner answered 4xx: a business "no", not a sick partner.
+
+    Listed in pybreaker's `exclude`, so it never counts as a failure. pybreaker
+    treats an excluded error as a success: the partner is up and answering.
+    """
+
+
+class CircuitOpen(pybreaker.CircuitBreakerError):
+    """The call was not attempted; `reason` says why (`circuit-open`, `trial-in-flight`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class LogListener(pybreaker.CircuitBreakerListener):
+    """Logs every breaker event. Per-call events are DEBUG so load doesn't drown
+    the log; state changes are WARNING because someone should notice them."""
+
+    def before_call(
+        self, cb: pybreaker.CircuitBreaker, func: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> None:
+        log.debug("%s: before call to %s", cb.name, getattr(func, "__name__", func))
+
+    def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
+        log.debug("%s: call failed: %r (fail_counter %d of %d)", cb.name, exc, cb.fail_counter, cb.fail_max)
+
+    def success(self, cb: pybreaker.CircuitBreaker) -> None:
+        log.debug("%s: call succeeded", cb.name)
+
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        old = old_state.name if old_state else None
+        log.warning("%s: state changed from %s to %s", cb.name, old, new_state.name)
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """Permission for one call: the state that admitted it, and whether it is the trial."""
+
+    state: pybreaker.CircuitBreakerState
+    is_trial: bool
+
+
+class AsyncCircuitBreaker:
+    """Guards coroutine calls with a `pybreaker.CircuitBreaker`.
+
+    The bookkeeping before and after a call is synchronous and takes
+    microseconds with memory state. Storages that do blocking I/O (pybreaker's
+    Redis storage) run it in a worker thread instead, so the event loop never
+    waits on the network; pybreaker's lock is held only for that bookkeeping,
+    never across an `await`.
+    """
+
+    def __init__(self, breaker: pybreaker.CircuitBreaker) -> None:
+        self.breaker = breaker
+        self._trial_in_flight = False
+        self._storage_blocks = isinstance(breaker._state_storage, pybreaker.CircuitRedisStorage)
+
+    async def call(self, func: Callable[[], Awaitable[T]]) -> T:
+        """Await `func()` if the circuit allows it; raise `CircuitOpen` if not."""
+        ticket = await self._bookkeeping(self._admit, func)
+        try:
+            result = await func()
+        except Exception as exc:
+            await self._bookkeeping(self._record, ticket, exc)
+            raise
+        except BaseException:  # cancelled: no outcome to record, but free the trial
+            self._release(ticket)
+            raise
+        await self._bookkeeping(self._record, ticket, None)
+        return result
+
+    @property
+    def state_name(self) -> str:
+        """The state as this process last saw it; reads no storage, so it is free."""
+        return self.breaker._state.name
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The circuit as `/offer/circuit` shows it."""
+        return await self._bookkeeping(self._snapshot)
+
+    async def _bookkeeping(self, step: Callable[..., T], *args: Any) -> T:
+        if self._storage_blocks:
+            return await asyncio.to_thread(step, *args)
+        return step(*args)
+
+    def _admit(self, func: Callable[..., Any]) -> Ticket:
+        with self.breaker._lock:
+            state = self.breaker.state
+            if state.name == pybreaker.STATE_OPEN:
+                if self._seconds_until_trial() > 0:
+                    raise CircuitOpen("circuit-open")
+                self.breaker.half_open()
+                state = self.breaker.state
+            is_trial = state.name == pybreaker.STATE_HALF_OPEN
+            if is_trial:
+                if self._trial_in_flight:
+                    raise CircuitOpen("trial-in-flight")
+                self._trial_in_flight = True
+            for listener in self.breaker.listeners:
+                listener.before_call(self.breaker, func)
+            return Ticket(state, is_trial)
+
+    def _record(self, ticket: Ticket, error: Exception | None) -> None:
+        with self.breaker._lock:
+            try:
+                if self.breaker.state is not ticket.state:
+                    log.debug("%s: ignoring an outcome from an earlier state", self.breaker.name)
+                elif error is None:
+                    ticket.state._handle_success()
+                else:
+                    # pybreaker's own per-state handler, the one its `call` uses;
+                    # it raises CircuitBreakerError when this failure trips the circuit.
+                    ticket.state._handle_error(error, reraise=False)
+            except pybreaker.CircuitBreakerError:
+                pass
+            finally:
+                self._release(ticket)
+
+    def _release(self, ticket: Ticket) -> None:
+        if ticket.is_trial:
+            self._trial_in_flight = False
+
+    def _seconds_until_trial(self) -> float:
+        opened_at = self.breaker._state_storage.opened_at
+        if opened_at is None:
+            return 0.0
+        trial_at = opened_at + timedelta(seconds=self.breaker.reset_timeout)
+        return max(0.0, (trial_at - datetime.now(UTC)).total_seconds())
+
+    def _snapshot(self) -> dict[str, Any]:
+        with self.breaker._lock:
+            state = self.breaker.state.name
+            opened_at = self.breaker._state_storage.opened_at
+            return {
+                "name": self.breaker.name,
+                "current_state": state,
+                "fail_counter": self.breaker.fail_counter,
+                "fail_max": self.breaker.fail_max,
+                "reset_timeout": self.breaker.reset_timeout,
+                "opened_at": opened_at.isoformat() if opened_at else None,
+                "seconds_until_trial": (
+                    round(self._seconds_until_trial(), 3) if state == pybreaker.STATE_OPEN else None
+                ),
+                "trial_in_flight": self._trial_in_flight,
+                "storage": self.breaker._state_storage.name,
+            }
+
+
+def build_breaker(
+    settings: OfferSettings,
+    redis_client: redis.Redis | None = None,
+) -> AsyncCircuitBreaker:
+    """The breaker of the walkthrough: fail_max=3, reset_timeout=15 unless configured.
+
+    State lives in memory (per process) unless a Redis client is given, and
+    then in pybreaker's Redis storage, shared by every process that uses it.
+    """
+    if redis_client is None:
+        storage: pybreaker.CircuitBreakerStorage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+    else:
+        storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, redis_client, namespace=BREAKER_NAME)
+    breaker = pybreaker.CircuitBreaker(
+        fail_max=settings.circuit_fail_max,
+        reset_timeout=settings.circuit_reset_timeout,
+        exclude=[PartnerRejected],
+        listeners=[LogListener()],
+        state_storage=storage,
+        name=BREAKER_NAME,
+    )
+    return AsyncCircuitBreaker(breaker)

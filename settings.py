@@ -1,0 +1,123 @@
+"""Every knob of both services, read from the environment and validated once.
+
+A bad value stops start-up with one line that names the variable and what it
+expects: a typo in `PARTNER_TIMEOUT` should not surface as a stack trace, or
+worse, as a service that runs with a default nobody chose.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+def _lowercase(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL")
+    return value.rstrip("/")
+
+
+def _redis_url(value: str | None) -> str | None:
+    if value in (None, ""):
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise ValueError("not a redis:// URL")
+    return value
+
+
+Level = Annotated[LogLevel, BeforeValidator(_lowercase)]
+
+
+class _ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    host: str = Field("127.0.0.1", min_length=1, description="an address to listen on")
+    log_level: Level = Field("info", description="one of debug, info, warning, error, critical")
+
+
+class PartnerSettings(_ServiceSettings):
+    """The partner's settings; its status code lives in the source file, on purpose."""
+
+    port: int = Field(8000, ge=1, le=65535, description="a TCP port, 1-65535")
+    partner_latency: float = Field(0.0, ge=0, description="seconds of added latency, a number >= 0")
+
+
+class OfferSettings(_ServiceSettings):
+    """The offer service's settings, with the defaults of the walkthrough."""
+
+    port: int = Field(8001, ge=1, le=65535, description="a TCP port, 1-65535")
+    partner_offer_url: Annotated[str, AfterValidator(_http_url)] = Field(
+        "http://127.0.0.1:8000", description="an http(s) URL such as http://127.0.0.1:8000"
+    )
+    partner_timeout: float = Field(2.0, gt=0, description="seconds for the whole partner call, a number > 0")
+    circuit_fail_max: int = Field(
+        3, ge=1, description="failures before the circuit opens, a whole number >= 1"
+    )
+    circuit_reset_timeout: float = Field(
+        15.0, gt=0, description="seconds the circuit stays open, a number > 0"
+    )
+    redis_url: Annotated[str | None, AfterValidator(_redis_url)] = Field(
+        None, description="a redis:// URL, or unset for memory state"
+    )
+    httpx_log_level: Level = Field("warning", description="one of debug, info, warning, error, critical")
+
+
+SettingsT = TypeVar("SettingsT", bound=_ServiceSettings)
+
+
+class SettingsError(SystemExit):
+    """Raised at start-up; SystemExit so the process ends with the message, not a traceback."""
+
+
+def load(settings_class: type[SettingsT]) -> SettingsT:
+    """Read `settings_class` from the environment or exit with one line per bad variable."""
+    try:
+        return settings_class()
+    except ValidationError as error:
+        raise SettingsError(_describe(settings_class, error)) from None
+
+
+def _describe(settings_class: type[_ServiceSettings], error: ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        field = str(problem["loc"][0])
+        expected = settings_class.model_fields[field].description
+        lines.append(f"error: {field.upper()}={problem['input']!r} is invalid, expected {expected}")
+    return "\n".join(lines)
+
+
+def log_config(level: str, httpx_level: str = "warning") -> dict[str, Any]:
+    """uvicorn's `log_config`: one format for our loggers, uvicorn's and httpx's.
+
+    Given to uvicorn rather than applied here so that it also holds in the
+    processes that uvicorn's reloader and workers start.
+    """
+    upper = level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "default": {
+                "format": "%(levelname)s [%(asctime)s] %(name)s - %(message)s",
+                "datefmt": "%Y-%m-%d %H:%M:%S",
+            }
+        },
+        "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "default"}},
+        "root": {"handlers": ["default"], "level": upper},
+        "loggers": {
+            "uvicorn": {"level": upper},
+            "httpx": {"level": httpx_level.upper()},
+            "httpcore": {"level": "WARNING"},
+        },
+    }

@@ -1,0 +1,200 @@
+"""Real processes for tests and benchmarks: services on free ports and throwaway Redis servers.
+
+Written once and shared: the end-to-end tests, the benchmark and the
+scenario all start services the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import redis
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> T:
+    """Poll `condition` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+            if result:
+                return result
+        except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not met within {timeout}s (last error: {last_error!r})")
+
+
+class Service:
+    """A process serving HTTP on 127.0.0.1:`port`, with its output kept in a log file."""
+
+    def __init__(
+        self,
+        args: list[str],
+        port: int,
+        env: Mapping[str, str] | None = None,
+        cwd: Path = PROJECT_DIR,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.args = args
+        self.cwd = cwd
+        self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), **(env or {})}
+        log_dir = log_dir or Path(tempfile.mkdtemp(prefix="service-log-"))
+        self.log_path = log_dir / f"{Path(args[-1]).stem.replace(':', '-')}-{port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_path: str = "/health", timeout: float = 20.0) -> Service:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.args,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # so stop() reaches uvicorn's reloader children too
+            )
+        try:
+            wait_for(self._ready(ready_path), timeout=timeout, what=f"{self.url}{ready_path} answering")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"service did not start: {self.args}\n{self.log()}") from None
+        return self
+
+    def _ready(self, path: str) -> Callable[[], bool]:
+        def check() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.log()}")
+            return httpx.get(self.url + path, timeout=1).status_code == 200
+
+        return check
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        os.killpg(self.process.pid, sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=kwargs.pop("timeout", 10), **kwargs)
+
+    def __enter__(self) -> Service:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def uvicorn_service(app: str, port: int | None = None, env: Mapping[str, str] | None = None, **kwargs: Any) -> Service:
+    """`app` ("module:attribute") served by uvicorn, without reload, quiet per request."""
+    port = port or free_port()
+    args = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    return Service(args, port, env, **kwargs)
+
+
+def copy_project(workdir: Path) -> Path:
+    """The project's modules in `workdir`, for a test that edits them as a person would."""
+    for source in PROJECT_DIR.glob("*.py"):
+        shutil.copy(source, workdir / source.name)
+    return workdir
+
+
+def script_service(workdir: Path, script: str, env: Mapping[str, str] | None = None) -> Service:
+    """`python SCRIPT` in `workdir`: the way the walkthrough runs a service, with reload."""
+    return Service([sys.executable, str(workdir / script)], free_port(), env, cwd=workdir, log_dir=workdir)
+
+
+class EditablePartner(Service):
+    """The partner run as the walkthrough runs it, `python partner_offer_service.py` with
+    reload, from a copy of the project whose STATUS_CODE line a test rewrites."""
+
+    def __init__(self, workdir: Path, status_code: int = 200, env: Mapping[str, str] | None = None) -> None:
+        copy_project(workdir)
+        self.source = workdir / "partner_offer_service.py"
+        super().__init__([sys.executable, str(self.source)], free_port(), env, cwd=workdir, log_dir=workdir)
+        self._write_status(status_code)
+
+    def set_status(self, status_code: int, timeout: float = 15.0) -> None:
+        """Edit STATUS_CODE in the file, as a person would, and wait for uvicorn to reload it."""
+        self._write_status(status_code)
+        wait_for(
+            lambda: self.get("/stats", timeout=1).json()["status_code"] == status_code,
+            timeout=timeout,
+            what=f"partner reloaded with STATUS_CODE = {status_code}",
+        )
+
+    def requests_received(self) -> int:
+        return int(self.get("/stats").json()["requests_received"])
+
+    def _write_status(self, status_code: int) -> None:
+        source = self.source.read_text()
+        lines = [
+            f"STATUS_CODE = {status_code}" if line.startswith("STATUS_CODE = ") else line
+            for line in source.splitlines()
+        ]
+        self.source.write_text("\n".join(lines) + "\n")
+
+
+class RedisServer:
+    """A throwaway `redis-server` on a free port, nothing saved to disk."""
+
+    def __init__(self, binary: str, workdir: Path, extra_args: list[str] | None = None) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.extra_args = extra_args or []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir), *self.extra_args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        wait_for(client.ping, timeout=10, what=f"redis-server on port {self.port}")
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def redis_server_binary() -> str | None:
+    return shutil.which("redis-server")

@@ -1,0 +1,269 @@
+"""The breaker wiring as a specification: transitions, exclusions, one trial, stale outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import timedelta
+
+import pybreaker
+import pytest
+import redis
+
+from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
+from settings import OfferSettings
+from tests.processes import RedisServer
+
+RESET_TIMEOUT = 15.0
+
+
+def rewind(breaker: AsyncCircuitBreaker, seconds: float) -> None:
+    """Move the moment the circuit opened back in time, instead of sleeping through the reset timeout."""
+    storage = breaker.breaker._state_storage
+    storage.opened_at = storage.opened_at - timedelta(seconds=seconds)
+
+
+class PartnerDown(Exception):
+    pass
+
+
+async def ok() -> str:
+    return "hot"
+
+
+async def fail() -> str:
+    raise PartnerDown("500")
+
+
+async def reject() -> str:
+    raise PartnerRejected("404")
+
+
+def make_breaker() -> AsyncCircuitBreaker:
+    return build_breaker(OfferSettings(circuit_fail_max=3, circuit_reset_timeout=RESET_TIMEOUT))
+
+
+async def trip(breaker: AsyncCircuitBreaker) -> None:
+    for _ in range(breaker.breaker.fail_max):
+        with pytest.raises(PartnerDown):
+            await breaker.call(fail)
+    assert breaker.state_name == "open"
+
+
+async def test_closed_circuit_passes_calls_through() -> None:
+    breaker = make_breaker()
+    assert await breaker.call(ok) == "hot"
+    assert (await breaker.snapshot())["current_state"] == "closed"
+
+
+async def test_opens_after_fail_max_failures_and_then_rejects_without_calling() -> None:
+    breaker = make_breaker()
+    for expected_count in (1, 2):
+        with pytest.raises(PartnerDown):
+            await breaker.call(fail)
+        assert breaker.breaker.fail_counter == expected_count
+        assert breaker.state_name == "closed"
+    with pytest.raises(PartnerDown):
+        await breaker.call(fail)
+    snapshot = await breaker.snapshot()
+    assert snapshot["current_state"] == "open"
+    assert snapshot["fail_counter"] == 3
+    assert snapshot["opened_at"] is not None
+    assert 0 < snapshot["seconds_until_trial"] <= RESET_TIMEOUT
+
+    calls = 0
+
+    async def counted() -> str:
+        nonlocal calls
+        calls += 1
+        return "hot"
+
+    with pytest.raises(CircuitOpen) as rejected:
+        await breaker.call(counted)
+    assert rejected.value.reason == "circuit-open"
+    assert calls == 0
+
+
+async def test_success_resets_the_fail_counter() -> None:
+    breaker = make_breaker()
+    for _ in range(2):
+        with pytest.raises(PartnerDown):
+            await breaker.call(fail)
+    await breaker.call(ok)
+    assert breaker.breaker.fail_counter == 0
+
+
+async def test_partner_rejection_is_excluded_and_never_opens_the_circuit() -> None:
+    breaker = make_breaker()
+    for _ in range(10):
+        with pytest.raises(PartnerRejected):
+            await breaker.call(reject)
+    assert breaker.state_name == "closed"
+    assert breaker.breaker.fail_counter == 0
+
+
+async def test_half_open_trial_success_closes_the_circuit() -> None:
+    breaker = make_breaker()
+    await trip(breaker)
+    rewind(breaker, RESET_TIMEOUT - 1)
+    with pytest.raises(CircuitOpen):
+        await breaker.call(ok)
+    rewind(breaker, 1.01)
+    assert (await breaker.snapshot())["seconds_until_trial"] == 0
+    assert await breaker.call(ok) == "hot"
+    assert breaker.state_name == "closed"
+    assert breaker.breaker.fail_counter == 0
+
+
+async def test_half_open_trial_failure_opens_the_circuit_again() -> None:
+    breaker = make_breaker()
+    await trip(breaker)
+    rewind(breaker, RESET_TIMEOUT + 0.01)
+    with pytest.raises(PartnerDown):
+        await breaker.call(fail)
+    assert breaker.state_name == "open"
+    with pytest.raises(CircuitOpen):
+        await breaker.call(ok)
+
+
+async def test_half_open_allows_one_trial_call_at_a_time() -> None:
+    breaker = make_breaker()
+    await trip(breaker)
+    rewind(breaker, RESET_TIMEOUT + 0.01)
+
+    trial_started = asyncio.Event()
+    release_trial = asyncio.Event()
+    calls = 0
+
+    async def slow_trial() -> str:
+        nonlocal calls
+        calls += 1
+        trial_started.set()
+        await release_trial.wait()
+        return "hot"
+
+    trial = asyncio.create_task(breaker.call(slow_trial))
+    await trial_started.wait()
+    others = await asyncio.gather(*(breaker.call(slow_trial) for _ in range(20)), return_exceptions=True)
+    assert all(isinstance(result, CircuitOpen) and result.reason == "trial-in-flight" for result in others)
+    assert calls == 1
+    release_trial.set()
+    assert await trial == "hot"
+    assert breaker.state_name == "closed"
+
+
+async def test_a_cancelled_trial_lets_the_next_caller_try() -> None:
+    breaker = make_breaker()
+    await trip(breaker)
+    rewind(breaker, RESET_TIMEOUT + 0.01)
+
+    started = asyncio.Event()
+
+    async def hang() -> str:
+        started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    trial = asyncio.create_task(breaker.call(hang))
+    await started.wait()
+    trial.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await trial
+    assert breaker.state_name == "half-open"
+    assert await breaker.call(ok) == "hot"
+    assert breaker.state_name == "closed"
+
+
+async def test_a_stale_failure_does_not_count_against_a_newer_state() -> None:
+    breaker = make_breaker()
+    started = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def slow_failure() -> str:
+        started.set()
+        await finish.wait()
+        raise PartnerDown("late 500")
+
+    slow = asyncio.create_task(breaker.call(slow_failure))
+    await started.wait()
+    await trip(breaker)
+    rewind(breaker, RESET_TIMEOUT + 0.01)
+    await breaker.call(ok)  # half-open trial succeeds: closed, counter 0
+    finish.set()
+    with pytest.raises(PartnerDown):
+        await slow
+    assert breaker.state_name == "closed"
+    assert breaker.breaker.fail_counter == 0
+
+
+async def test_a_stale_success_does_not_close_an_open_circuit() -> None:
+    breaker = make_breaker()
+    started = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def slow_success() -> str:
+        started.set()
+        await finish.wait()
+        return "late hot"
+
+    slow = asyncio.create_task(breaker.call(slow_success))
+    await started.wait()
+    await trip(breaker)
+    finish.set()
+    assert await slow == "late hot"
+    assert breaker.state_name == "open"
+    assert breaker.breaker.fail_counter == 3
+
+
+async def test_concurrent_slow_calls_take_one_calls_latency_not_n() -> None:
+    breaker = make_breaker()
+    latency, concurrency = 0.2, 50
+
+    async def slow() -> str:
+        await asyncio.sleep(latency)
+        return "hot"
+
+    started = time.perf_counter()
+    results = await asyncio.gather(*(breaker.call(slow) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    assert results == ["hot"] * concurrency
+    # Serialized, this would take concurrency * latency = 10 s.
+    assert elapsed < latency * 3
+
+
+async def test_log_listener_reports_calls_at_debug_and_state_changes_at_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="circuit_breaker")
+    breaker = make_breaker()
+    await breaker.call(ok)
+    await trip(breaker)
+    events = [(record.levelno, record.getMessage()) for record in caplog.records]
+    assert (logging.DEBUG, "partner-offer: before call to ok") in events
+    assert (logging.DEBUG, "partner-offer: call succeeded") in events
+    assert any(level == logging.DEBUG and "call failed" in message for level, message in events)
+    assert (logging.WARNING, "partner-offer: state changed from closed to open") in events
+
+
+async def test_redis_state_is_shared_by_breakers_on_the_same_server(redis_server: RedisServer) -> None:
+    clients = [redis.Redis.from_url(redis_server.url) for _ in range(2)]
+    config = OfferSettings(circuit_fail_max=3, circuit_reset_timeout=RESET_TIMEOUT)
+    first, second = (build_breaker(config, client) for client in clients)
+    assert (await first.snapshot())["storage"] == "redis"
+    await trip(first)
+    with pytest.raises(CircuitOpen):
+        await second.call(ok)
+    snapshot = await second.snapshot()
+    assert snapshot["current_state"] == "open"
+    assert snapshot["fail_counter"] == 3
+    for client in clients:
+        client.close()
+
+
+def test_pybreaker_is_the_state_machine() -> None:
+    breaker = make_breaker()
+    assert isinstance(breaker.breaker, pybreaker.CircuitBreaker)
+    assert breaker.breaker.fail_max == 3
+    assert breaker.breaker.reset_timeout == RESET_TIMEOUT
+    assert PartnerRejected in breaker.breaker.excluded_exceptions

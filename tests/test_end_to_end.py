@@ -1,0 +1,157 @@
+"""The walkthrough, driven over HTTP against real uvicorn processes on free ports."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.processes import EditablePartner, Service, free_port, script_service, uvicorn_service, wait_for
+
+RESET_TIMEOUT = 2.0  # short, so no test sleeps through the default 15 s
+
+
+@pytest.fixture(params=["memory", "redis"])
+def storage_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    if request.param == "redis":
+        return {"REDIS_URL": request.getfixturevalue("redis_server").url}
+    return {}
+
+
+@pytest.fixture
+def offers(editable_partner: EditablePartner, storage_env: dict[str, str]) -> Iterator[Service]:
+    """`python offer_service.py`, with reload, beside the editable partner."""
+    env = {
+        "PARTNER_OFFER_URL": editable_partner.url,
+        "CIRCUIT_RESET_TIMEOUT": str(RESET_TIMEOUT),
+        "LOG_LEVEL": "debug",
+        "HTTPX_LOG_LEVEL": "debug",
+        **storage_env,
+    }
+    with script_service(editable_partner.cwd, "offer_service.py", env) as service:
+        yield service
+
+
+def offer(service: Service) -> httpx.Response:
+    response = service.get("/offer")
+    assert response.status_code == 200
+    return response
+
+
+def circuit(service: Service) -> dict[str, object]:
+    return service.get("/offer/circuit").json()  # type: ignore[no-any-return]
+
+
+def test_the_walkthrough_story(
+    offers: Service, editable_partner: EditablePartner, storage_env: dict[str, str]
+) -> None:
+    hot = offer(offers)
+    assert hot.json().startswith("Hot offer ")
+    assert hot.headers["x-offer-source"] == "partner"
+    state = circuit(offers)
+    assert state["current_state"] == "closed"
+    assert state["storage"] == ("redis" if storage_env else "memory")
+
+    editable_partner.set_status(500)
+    cold = offer(offers)
+    assert cold.json().startswith("Cold offer fallback ")
+    assert cold.headers["x-offer-source"] == "fallback"
+    assert cold.headers["x-fallback-reason"] == "partner-status-500"
+    assert (circuit(offers)["current_state"], circuit(offers)["fail_counter"]) == ("closed", 1)
+
+    for _ in range(2):
+        offer(offers)
+    state = circuit(offers)
+    assert (state["current_state"], state["fail_counter"]) == ("open", 3)
+
+    # Open: the partner is no longer called.
+    received = editable_partner.requests_received()
+    for _ in range(5):
+        assert offer(offers).headers["x-fallback-reason"] == "circuit-open"
+    assert editable_partner.requests_received() == received
+
+    # After the reset timeout one trial call reaches the partner; it fails, the circuit opens again.
+    wait_for(
+        lambda: offer(offers).headers["x-fallback-reason"] == "partner-status-500",
+        timeout=RESET_TIMEOUT + 3,
+        what="half-open trial call",
+    )
+    assert editable_partner.requests_received() == received + 1
+    assert circuit(offers)["current_state"] == "open"
+
+    # Heal the partner: the next trial closes the circuit.
+    editable_partner.set_status(200)
+    wait_for(
+        lambda: offer(offers).headers["x-offer-source"] == "partner",
+        timeout=RESET_TIMEOUT + 3,
+        what="circuit closed again",
+    )
+    state = circuit(offers)
+    assert (state["current_state"], state["fail_counter"]) == ("closed", 0)
+
+    log = offers.log()
+    for line in (
+        f'HTTP Request: GET {editable_partner.url}/offer/hot "HTTP/1.1 200 OK"',
+        f'HTTP Request: GET {editable_partner.url}/offer/hot "HTTP/1.1 500 Internal Server Error"',
+        "partner-offer: before call to fetch_hot_offer",
+        "partner-offer: call failed: PartnerFailure('partner-status-500')",
+        "WARNING",
+        "partner-offer: state changed from closed to open",
+        "partner-offer: state changed from open to half-open",
+        "partner-offer: state changed from half-open to open",
+        "partner-offer: state changed from half-open to closed",
+    ):
+        assert line in log
+    # Editing the partner's file reloaded the partner, never the offer service.
+    assert log.count("Started server process") == 1
+
+
+def test_a_4xx_from_the_partner_serves_the_fallback_but_never_opens_the_circuit(
+    offers: Service, editable_partner: EditablePartner
+) -> None:
+    editable_partner.set_status(404)
+    for _ in range(5):
+        assert offer(offers).headers["x-fallback-reason"] == "partner-status-404"
+    assert (circuit(offers)["current_state"], circuit(offers)["fail_counter"]) == ("closed", 0)
+
+
+@pytest.fixture
+def slow_partner(tmp_path: Path) -> Iterator[Service]:
+    with uvicorn_service("partner_offer_service:app", env={"PARTNER_LATENCY": "0.3"}, log_dir=tmp_path) as partner:
+        yield partner
+
+
+def test_a_partner_slower_than_the_timeout_gets_the_fallback_within_the_timeout(
+    slow_partner: Service, tmp_path: Path
+) -> None:
+    env = {"PARTNER_OFFER_URL": slow_partner.url, "PARTNER_TIMEOUT": "0.1"}
+    with uvicorn_service("offer_service:app", env=env, log_dir=tmp_path) as offers:
+        started = time.monotonic()
+        response = offer(offers)
+        elapsed = time.monotonic() - started
+        assert response.headers["x-fallback-reason"] == "partner-timeout"
+        assert elapsed < 0.1 + 0.5
+
+
+def test_an_unreachable_partner_gets_the_fallback(tmp_path: Path) -> None:
+    env = {"PARTNER_OFFER_URL": f"http://127.0.0.1:{free_port()}"}
+    with uvicorn_service("offer_service:app", env=env, log_dir=tmp_path) as offers:
+        assert offer(offers).headers["x-fallback-reason"] == "partner-connection-error"
+
+
+def test_concurrent_requests_do_not_serialize_through_the_breaker(slow_partner: Service, tmp_path: Path) -> None:
+    env = {"PARTNER_OFFER_URL": slow_partner.url}
+    concurrency, latency = 30, 0.3
+    with uvicorn_service("offer_service:app", env=env, log_dir=tmp_path) as offers:
+        offer(offers)  # warm up
+        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+            started = time.monotonic()
+            responses = list(pool.map(lambda _: offer(offers), range(concurrency)))
+            elapsed = time.monotonic() - started
+    assert all(response.headers["x-offer-source"] == "partner" for response in responses)
+    # Serialized, 30 calls of 0.3 s would take 9 s.
+    assert elapsed < latency * 5
