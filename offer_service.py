@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 
 import settings as settings_module
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
-from partner_client import PartnerClient, PartnerFailure, http_client
+from partner_client import HttpClientFactory, PartnerClient, PartnerFailure, http_client
 from settings import OfferSettings
 
 # Redis is local infrastructure: if it can't answer in half a second it is
@@ -46,11 +46,13 @@ def _redis_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
 
 
-def get_breaker(request: Request) -> AsyncCircuitBreaker:
+# Dependencies are `async def` on purpose: FastAPI runs a plain `def`
+# dependency in its thread pool, two thread hops per request for nothing.
+async def get_breaker(request: Request) -> AsyncCircuitBreaker:
     return request.app.state.breaker  # type: ignore[no-any-return]
 
 
-def get_partner(request: Request) -> PartnerClient:
+async def get_partner(request: Request) -> PartnerClient:
     return request.app.state.partner  # type: ignore[no-any-return]
 
 
@@ -101,7 +103,10 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def create_app(settings: OfferSettings | None = None) -> FastAPI:
+def create_app(
+    settings: OfferSettings | None = None, client_factory: HttpClientFactory = http_client
+) -> FastAPI:
+    """The offer service; `client_factory` swaps the HTTP client, as `bench/` does to compare them."""
     settings = settings or settings_module.load(OfferSettings)
 
     @asynccontextmanager
@@ -109,7 +114,7 @@ def create_app(settings: OfferSettings | None = None) -> FastAPI:
         redis_client = _redis_client(settings.redis_url) if settings.redis_url else None
         # Building pybreaker's Redis storage talks to Redis: not on the event loop.
         app.state.breaker = await asyncio.to_thread(build_breaker, settings, redis_client)
-        async with http_client(settings) as client:
+        async with client_factory(settings) as client:
             app.state.partner = PartnerClient(client, settings.partner_timeout)
             yield
         if redis_client is not None:

@@ -117,10 +117,22 @@ class Service:
         self.stop()
 
 
-def uvicorn_service(app: str, port: int | None = None, env: Mapping[str, str] | None = None, **kwargs: Any) -> Service:
+def uvicorn_service(
+    app: str, port: int | None = None, env: Mapping[str, str] | None = None, **kwargs: Any
+) -> Service:
     """`app` ("module:attribute") served by uvicorn, without reload, quiet per request."""
     port = port or free_port()
-    args = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    args = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+    ]
     return Service(args, port, env, **kwargs)
 
 
@@ -180,8 +192,20 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), *self.extra_args],
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                *self.extra_args,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -121,7 +121,9 @@ def test_a_4xx_from_the_partner_serves_the_fallback_but_never_opens_the_circuit(
 
 @pytest.fixture
 def slow_partner(tmp_path: Path) -> Iterator[Service]:
-    with uvicorn_service("partner_offer_service:app", env={"PARTNER_LATENCY": "0.3"}, log_dir=tmp_path) as partner:
+    with uvicorn_service(
+        "partner_offer_service:app", env={"PARTNER_LATENCY": "0.3"}, log_dir=tmp_path
+    ) as partner:
         yield partner
 
 
@@ -143,7 +145,9 @@ def test_an_unreachable_partner_gets_the_fallback(tmp_path: Path) -> None:
         assert offer(offers).headers["x-fallback-reason"] == "partner-connection-error"
 
 
-def test_concurrent_requests_do_not_serialize_through_the_breaker(slow_partner: Service, tmp_path: Path) -> None:
+def test_concurrent_requests_do_not_serialize_through_the_breaker(
+    slow_partner: Service, tmp_path: Path
+) -> None:
     env = {"PARTNER_OFFER_URL": slow_partner.url}
     concurrency, latency = 30, 0.3
     with uvicorn_service("offer_service:app", env=env, log_dir=tmp_path) as offers:

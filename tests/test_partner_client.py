@@ -13,7 +13,9 @@ from settings import OfferSettings
 from tests.processes import free_port
 
 
-def partner_answering(status: int = 200, body: bytes = b"Hot offer 24:48", delay: float = 0.0) -> PartnerClient:
+def partner_answering(
+    status: int = 200, body: bytes = b"Hot offer 24:48", delay: float = 0.0
+) -> PartnerClient:
     async def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/offer/hot"
         await asyncio.sleep(delay)

@@ -65,8 +65,17 @@ def test_bad_partner_setting_names_the_variable(
 
 
 def test_defaults_are_the_walkthroughs(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("PARTNER_OFFER_URL", "PARTNER_TIMEOUT", "CIRCUIT_FAIL_MAX", "CIRCUIT_RESET_TIMEOUT",
-                 "REDIS_URL", "HOST", "PORT", "LOG_LEVEL", "HTTPX_LOG_LEVEL"):
+    for name in (
+        "PARTNER_OFFER_URL",
+        "PARTNER_TIMEOUT",
+        "CIRCUIT_FAIL_MAX",
+        "CIRCUIT_RESET_TIMEOUT",
+        "REDIS_URL",
+        "HOST",
+        "PORT",
+        "LOG_LEVEL",
+        "HTTPX_LOG_LEVEL",
+    ):
         monkeypatch.delenv(name, raising=False)
     offer = settings.load(OfferSettings)
     assert (offer.host, offer.port, offer.partner_offer_url) == ("127.0.0.1", 8001, "http://127.0.0.1:8000")
@@ -94,4 +103,6 @@ def test_a_service_started_with_a_bad_setting_prints_one_line_and_no_traceback(s
         timeout=30,
     )
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == ["error: PORT='eighty' is invalid, expected a TCP port, 1-65535"]
+    assert result.stderr.strip().splitlines() == [
+        "error: PORT='eighty' is invalid, expected a TCP port, 1-65535"
+    ]
