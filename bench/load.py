@@ -96,3 +96,60 @@ async def _python_load(url: str, duration: float, connections: int) -> LoadResul
         elapsed = time.perf_counter() - started
     cuts = statistics.quantiles(latencies, n=100)
     return LoadResult(len(latencies) / elapsed, cuts[49], cuts[98], errors, "python")
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Every request of a run: when it started and how long it took, in seconds from the start."""
+
+    starts: list[float]
+    latencies: list[float]
+    errors: int
+    duration: float
+
+    @property
+    def requests_per_second(self) -> float:
+        return len(self.latencies) / self.duration
+
+    def percentile_ms(self, percentile: int) -> float:
+        return statistics.quantiles(self.latencies, n=100)[percentile - 1] * 1000
+
+    def recovery_seconds(self, fast: float) -> float | None:
+        """When the last answer slower than `fast` arrived: from then on every answer was fast.
+        None if slow answers went on to the end of the run."""
+        ends = [
+            start + latency
+            for start, latency in zip(self.starts, self.latencies, strict=True)
+            if latency >= fast
+        ]
+        if not ends:
+            return 0.0
+        last = max(ends)
+        return None if last > self.duration - 1.0 else last
+
+
+async def run_timeline(url: str, duration: float, connections: int = 50) -> Timeline:
+    """Load with a timestamp per request, for scenarios where what changes over time matters."""
+    starts: list[float] = []
+    latencies: list[float] = []
+    errors = 0
+
+    async def worker(session: aiohttp.ClientSession, origin: float) -> None:
+        nonlocal errors
+        while (started := time.perf_counter()) < origin + duration:
+            try:
+                async with session.get(url) as response:
+                    await response.read()
+                    if response.status != 200:
+                        errors += 1
+            except (aiohttp.ClientError, TimeoutError):
+                errors += 1
+            starts.append(started - origin)
+            latencies.append(time.perf_counter() - started)
+
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        origin = time.perf_counter()
+        await asyncio.gather(*(worker(session, origin) for _ in range(connections)))
+        elapsed = time.perf_counter() - origin
+    return Timeline(starts, latencies, errors, elapsed)
