@@ -17,12 +17,12 @@ this module adds is what an asyncio service needs and pybreaker lacks:
 3. **One trial call while half-open.** pybreaker lets every concurrent caller
    through while half-open; a partner that is just recovering would get a
    stampede. Here one trial call is in flight at a time; the others are
-   rejected at once, as if the circuit were still open.
+   rejected at once, as if the circuit were still open. With shared Redis
+   state (`redis_state.py`) that holds for the whole fleet.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,8 +30,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pybreaker
-import redis
+from redis.asyncio import Redis, RedisCluster
 
+from redis_state import SharedCircuitState
 from settings import OfferSettings
 
 log = logging.getLogger("circuit_breaker")
@@ -93,122 +94,132 @@ class Ticket:
 class AsyncCircuitBreaker:
     """Guards coroutine calls with a `pybreaker.CircuitBreaker`.
 
-    The bookkeeping before and after a call is synchronous and takes
-    microseconds with memory state. Storages that do blocking I/O (pybreaker's
-    Redis storage) run it in a worker thread instead, so the event loop never
-    waits on the network; pybreaker's lock is held only for that bookkeeping,
-    never across an `await`.
+    The bookkeeping before and after a call is synchronous, takes a few
+    microseconds and reads only memory (the shared Redis state keeps a local
+    view), so it runs on the event loop and needs no lock. The one exception
+    is a half-open trial with shared state: the fleet's lease costs one Redis
+    round trip, once per reset timeout.
     """
 
-    def __init__(self, breaker: pybreaker.CircuitBreaker) -> None:
+    def __init__(self, breaker: pybreaker.CircuitBreaker, shared: SharedCircuitState | None = None) -> None:
         self.breaker = breaker
+        self.shared = shared
         self._trial_in_flight = False
-        self._storage_blocks = isinstance(breaker._state_storage, pybreaker.CircuitRedisStorage)
 
     async def call(self, func: Callable[[], Awaitable[T]]) -> T:
         """Await `func()` if the circuit allows it; raise `CircuitOpen` if not."""
-        ticket = await self._bookkeeping(self._admit, func)
+        ticket = await self._admit(func)
         try:
             result = await func()
         except Exception as exc:
-            await self._bookkeeping(self._record, ticket, exc)
+            self._record(ticket, exc)
             raise
         except BaseException:  # cancelled: no outcome to record, but free the trial
-            self._release(ticket)
+            self._release(ticket, cancelled=True)
             raise
-        await self._bookkeeping(self._record, ticket, None)
+        self._record(ticket, None)
         return result
 
     @property
     def state_name(self) -> str:
-        """The state as this process last saw it; reads no storage, so it is free."""
+        """The state as this process last saw it, without refreshing it."""
         return self.breaker._state.name
 
-    async def snapshot(self) -> dict[str, Any]:
-        """The circuit as `/offer/circuit` shows it."""
-        return await self._bookkeeping(self._snapshot)
-
-    async def _bookkeeping(self, step: Callable[..., T], *args: Any) -> T:
-        if self._storage_blocks:
-            return await asyncio.to_thread(step, *args)
-        return step(*args)
-
-    def _admit(self, func: Callable[..., Any]) -> Ticket:
-        with self.breaker._lock:
-            state = self.breaker.state
-            if state.name == pybreaker.STATE_OPEN:
-                if self._seconds_until_trial() > 0:
-                    raise CircuitOpen("circuit-open")
-                self.breaker.half_open()
-                state = self.breaker.state
+    async def _admit(self, func: Callable[..., Any]) -> Ticket:
+        state: pybreaker.CircuitBreakerState = self.breaker.state
+        if state.name == pybreaker.STATE_OPEN and self.seconds_until_trial() > 0:
+            raise CircuitOpen("circuit-open")
+        is_trial = state.name != pybreaker.STATE_CLOSED
+        if is_trial:
+            state = await self._begin_trial()
             is_trial = state.name == pybreaker.STATE_HALF_OPEN
-            if is_trial:
-                if self._trial_in_flight:
-                    raise CircuitOpen("trial-in-flight")
-                self._trial_in_flight = True
-            for listener in self.breaker.listeners:
-                listener.before_call(self.breaker, func)
-            return Ticket(state, is_trial)
+        for listener in self.breaker.listeners:
+            listener.before_call(self.breaker, func)
+        return Ticket(state, is_trial)
+
+    async def _begin_trial(self) -> pybreaker.CircuitBreakerState:
+        """Claim the one trial call: this process's, then (shared state) the fleet's."""
+        if self._trial_in_flight:
+            raise CircuitOpen("trial-in-flight")
+        self._trial_in_flight = True  # claimed before the await, so no other caller slips in
+        try:
+            verdict = await self.shared.acquire_trial() if self.shared else "granted"
+        except BaseException:
+            self._trial_in_flight = False
+            raise
+        if verdict != "granted":
+            self._trial_in_flight = False
+            if verdict != "closed":
+                raise CircuitOpen("circuit-open" if verdict == "open" else "trial-in-flight")
+        elif self.breaker.state.name == pybreaker.STATE_OPEN:
+            self.breaker.half_open()
+        return self.breaker.state
 
     def _record(self, ticket: Ticket, error: Exception | None) -> None:
-        with self.breaker._lock:
-            try:
-                if self.breaker.state is not ticket.state:
-                    log.debug("%s: ignoring an outcome from an earlier state", self.breaker.name)
-                elif error is None:
-                    ticket.state._handle_success()
-                else:
-                    # pybreaker's own per-state handler, the one its `call` uses;
-                    # it raises CircuitBreakerError when this failure trips the circuit.
-                    ticket.state._handle_error(error, reraise=False)
-            except pybreaker.CircuitBreakerError:
-                pass
-            finally:
-                self._release(ticket)
+        try:
+            if self.breaker.state is not ticket.state:
+                log.debug("%s: ignoring an outcome from an earlier state", self.breaker.name)
+            elif error is None:
+                ticket.state._handle_success()
+            else:
+                # pybreaker's own per-state handler, the one its `call` uses;
+                # it raises CircuitBreakerError when this failure trips the circuit.
+                ticket.state._handle_error(error, reraise=False)
+        except pybreaker.CircuitBreakerError:
+            pass
+        finally:
+            self._release(ticket)
 
-    def _release(self, ticket: Ticket) -> None:
+    def _release(self, ticket: Ticket, cancelled: bool = False) -> None:
         if ticket.is_trial:
             self._trial_in_flight = False
+            if cancelled and self.shared:
+                self.shared.release_trial()
 
-    def _seconds_until_trial(self) -> float:
+    def seconds_until_trial(self) -> float:
         opened_at = self.breaker._state_storage.opened_at
         if opened_at is None:
             return 0.0
         trial_at = opened_at + timedelta(seconds=self.breaker.reset_timeout)
         return max(0.0, (trial_at - datetime.now(UTC)).total_seconds())
 
-    def _snapshot(self) -> dict[str, Any]:
-        with self.breaker._lock:
-            state = self.breaker.state.name
-            opened_at = self.breaker._state_storage.opened_at
-            return {
-                "name": self.breaker.name,
-                "current_state": state,
-                "fail_counter": self.breaker.fail_counter,
-                "fail_max": self.breaker.fail_max,
-                "reset_timeout": self.breaker.reset_timeout,
-                "opened_at": opened_at.isoformat() if opened_at else None,
-                "seconds_until_trial": (
-                    round(self._seconds_until_trial(), 3) if state == pybreaker.STATE_OPEN else None
-                ),
-                "trial_in_flight": self._trial_in_flight,
-                "storage": self.breaker._state_storage.name,
-            }
+    def snapshot(self) -> dict[str, Any]:
+        """The circuit as `/offer/circuit` shows it."""
+        state = self.breaker.state.name
+        opened_at = self.breaker._state_storage.opened_at
+        return {
+            "name": self.breaker.name,
+            "current_state": state,
+            "fail_counter": self.breaker.fail_counter,
+            "fail_max": self.breaker.fail_max,
+            "reset_timeout": self.breaker.reset_timeout,
+            "opened_at": opened_at.isoformat() if opened_at else None,
+            "seconds_until_trial": round(self.seconds_until_trial(), 3)
+            if state == pybreaker.STATE_OPEN
+            else None,
+            "trial_in_flight": self._trial_in_flight,
+            "storage": self.breaker._state_storage.name,
+            "degraded": self.shared is not None and not self.shared.connected,
+        }
 
 
 def build_breaker(
-    settings: OfferSettings,
-    redis_client: redis.Redis | None = None,
+    settings: OfferSettings, redis_client: Redis | RedisCluster | None = None
 ) -> AsyncCircuitBreaker:
     """The breaker of the walkthrough: fail_max=3, reset_timeout=15 unless configured.
 
-    State lives in memory (per process) unless a Redis client is given, and
-    then in pybreaker's Redis storage, shared by every process that uses it.
+    State lives in memory, per process, unless a Redis client is given: then
+    in Redis, shared by every process that uses it (`redis_state.py`); call
+    `await breaker.shared.start()` before serving.
     """
-    if redis_client is None:
-        storage: pybreaker.CircuitBreakerStorage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
-    else:
-        storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, redis_client, namespace=BREAKER_NAME)
+    shared = None
+    storage: pybreaker.CircuitBreakerStorage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+    if redis_client is not None:
+        # The trial's lease outlives the longest trial call, and expires if its holder dies.
+        lease = settings.partner_timeout + 1
+        storage = shared = SharedCircuitState(
+            redis_client, BREAKER_NAME, settings.circuit_fail_max, settings.circuit_reset_timeout, lease
+        )
     breaker = pybreaker.CircuitBreaker(
         fail_max=settings.circuit_fail_max,
         reset_timeout=settings.circuit_reset_timeout,
@@ -217,4 +228,4 @@ def build_breaker(
         state_storage=storage,
         name=BREAKER_NAME,
     )
-    return AsyncCircuitBreaker(breaker)
+    return AsyncCircuitBreaker(breaker, shared)

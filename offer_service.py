@@ -10,7 +10,6 @@ Run it with `python offer_service.py` (uvicorn, reload, 127.0.0.1:8001).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,11 +24,8 @@ from fastapi import FastAPI, Request, Response
 import settings as settings_module
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
 from partner_client import HttpClientFactory, PartnerClient, PartnerFailure, http_client
+from redis_state import SharedCircuitState, connect_cluster_aware
 from settings import OfferSettings
-
-# Redis is local infrastructure: if it can't answer in half a second it is
-# down, and the breaker should not make requests wait longer than that.
-REDIS_TIMEOUT = 0.5
 
 
 def cold_offer() -> str:
@@ -49,10 +45,6 @@ OFFER_HEADERS = {
 }
 
 
-def _redis_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
-
-
 def create_app(
     settings: OfferSettings | None = None, client_factory: HttpClientFactory = http_client
 ) -> FastAPI:
@@ -61,14 +53,17 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis_client = _redis_client(settings.redis_url) if settings.redis_url else None
-        # Building pybreaker's Redis storage talks to Redis: not on the event loop.
-        app.state.breaker = await asyncio.to_thread(build_breaker, settings, redis_client)
-        async with client_factory(settings) as client:
-            app.state.partner = PartnerClient(client, settings.partner_timeout)
-            yield
-        if redis_client is not None:
-            redis_client.close()
+        redis_client = await connect_cluster_aware(settings.redis_url) if settings.redis_url else None
+        breaker = app.state.breaker = build_breaker(settings, redis_client)
+        if breaker.shared:
+            await breaker.shared.start()
+        try:
+            async with client_factory(settings) as client:
+                app.state.partner = PartnerClient(client, settings.partner_timeout)
+                yield
+        finally:
+            if breaker.shared:
+                await breaker.shared.stop()
 
     app = FastAPI(
         title="Offer service",
@@ -109,11 +104,14 @@ def create_app(
 
     @app.get("/offer/circuit", summary="The circuit breaker's state")
     async def circuit(request: Request) -> dict[str, Any]:
-        return await request.app.state.breaker.snapshot()  # type: ignore[no-any-return]
+        return request.app.state.breaker.snapshot()  # type: ignore[no-any-return]
 
-    @app.get("/health", summary="Liveness")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/health", summary="Liveness, and whether the shared state is reachable")
+    async def health(request: Request) -> dict[str, str]:
+        shared: SharedCircuitState | None = request.app.state.breaker.shared
+        if shared is None:
+            return {"status": "ok", "storage": "memory"}
+        return {"status": "ok" if shared.connected else "degraded", "storage": "redis"}
 
     return app
 
@@ -121,14 +119,26 @@ def create_app(
 app = create_app()
 
 
+def check_redis(url: str) -> None:
+    """Stop start-up with one line, rather than a traceback, when Redis does not answer."""
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
+    except (redis.RedisError, OSError) as exc:
+        raise settings_module.SettingsError(f"error: REDIS_URL={url!r} is unreachable: {exc}") from None
+
+
 if __name__ == "__main__":
     config: OfferSettings = app.state.settings
+    if config.redis_url:
+        check_redis(config.redis_url)
     here = str(Path(__file__).resolve().parent)
     uvicorn.run(
         "offer_service:app",
         host=config.host,
         port=config.port,
-        reload=True,
+        # uvicorn cannot reload and run several workers at once.
+        reload=config.workers == 1,
+        workers=config.workers,
         app_dir=here,
         reload_dirs=[here],
         # The walkthrough edits the partner's file; restarting this service

@@ -70,6 +70,9 @@ class OfferSettings(_ServiceSettings):
     redis_url: Annotated[str | None, AfterValidator(_redis_url)] = Field(
         None, description="a redis:// URL, or unset for memory state"
     )
+    workers: int = Field(
+        1, ge=1, le=64, description="uvicorn worker processes for `python offer_service.py`, 1-64"
+    )
     httpx_log_level: Level = Field("warning", description="one of debug, info, warning, error, critical")
 
 

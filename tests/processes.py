@@ -215,9 +215,15 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
+        """Kill it, as an outage would: no clean shutdown."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+    def restart(self) -> RedisServer:
+        """Start again on the same port, empty: what comes back after an outage."""
+        self.stop()
+        return self.start()
 
 
 def redis_server_binary() -> str | None:

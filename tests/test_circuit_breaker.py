@@ -9,11 +9,9 @@ from datetime import timedelta
 
 import pybreaker
 import pytest
-import redis
 
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
 from settings import OfferSettings
-from tests.processes import RedisServer
 
 RESET_TIMEOUT = 15.0
 
@@ -54,7 +52,7 @@ async def trip(breaker: AsyncCircuitBreaker) -> None:
 async def test_closed_circuit_passes_calls_through() -> None:
     breaker = make_breaker()
     assert await breaker.call(ok) == "hot"
-    assert (await breaker.snapshot())["current_state"] == "closed"
+    assert (breaker.snapshot())["current_state"] == "closed"
 
 
 async def test_opens_after_fail_max_failures_and_then_rejects_without_calling() -> None:
@@ -66,7 +64,7 @@ async def test_opens_after_fail_max_failures_and_then_rejects_without_calling() 
         assert breaker.state_name == "closed"
     with pytest.raises(PartnerDown):
         await breaker.call(fail)
-    snapshot = await breaker.snapshot()
+    snapshot = breaker.snapshot()
     assert snapshot["current_state"] == "open"
     assert snapshot["fail_counter"] == 3
     assert snapshot["opened_at"] is not None
@@ -110,7 +108,7 @@ async def test_half_open_trial_success_closes_the_circuit() -> None:
     with pytest.raises(CircuitOpen):
         await breaker.call(ok)
     rewind(breaker, 1.01)
-    assert (await breaker.snapshot())["seconds_until_trial"] == 0
+    assert (breaker.snapshot())["seconds_until_trial"] == 0
     assert await breaker.call(ok) == "hot"
     assert breaker.state_name == "closed"
     assert breaker.breaker.fail_counter == 0
@@ -244,21 +242,6 @@ async def test_log_listener_reports_calls_at_debug_and_state_changes_at_warning(
     assert (logging.DEBUG, "partner-offer: call succeeded") in events
     assert any(level == logging.DEBUG and "call failed" in message for level, message in events)
     assert (logging.WARNING, "partner-offer: state changed from closed to open") in events
-
-
-async def test_redis_state_is_shared_by_breakers_on_the_same_server(redis_server: RedisServer) -> None:
-    clients = [redis.Redis.from_url(redis_server.url) for _ in range(2)]
-    config = OfferSettings(circuit_fail_max=3, circuit_reset_timeout=RESET_TIMEOUT)
-    first, second = (build_breaker(config, client) for client in clients)
-    assert (await first.snapshot())["storage"] == "redis"
-    await trip(first)
-    with pytest.raises(CircuitOpen):
-        await second.call(ok)
-    snapshot = await second.snapshot()
-    assert snapshot["current_state"] == "open"
-    assert snapshot["fail_counter"] == 3
-    for client in clients:
-        client.close()
 
 
 def test_pybreaker_is_the_state_machine() -> None:

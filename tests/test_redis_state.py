@@ -1,0 +1,204 @@
+"""The shared Redis state against a real redis-server: no round trips per call, one trip,
+one trial per fleet, outages survived."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import redis
+
+from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, build_breaker
+from redis_state import connect_cluster_aware
+from settings import OfferSettings
+from tests.processes import RedisServer
+
+FAIL_MAX = 3
+
+
+class PartnerDown(Exception):
+    pass
+
+
+async def ok() -> str:
+    return "hot"
+
+
+async def fail() -> str:
+    raise PartnerDown("500")
+
+
+async def eventually(condition: Callable[[], bool], within: float = 3.0) -> float:
+    """Poll `condition` on the event loop; return how long it took."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > within:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(0.002)
+    return time.monotonic() - started
+
+
+Fleet = Callable[..., Awaitable[AsyncCircuitBreaker]]
+
+
+@pytest.fixture
+async def fleet(redis_server: RedisServer) -> AsyncIterator[Fleet]:
+    """Makes breakers that share `redis_server`, as separate instances of the service would."""
+    made: list[AsyncCircuitBreaker] = []
+
+    async def make(reset_timeout: float = 15.0, partner_timeout: float = 2.0) -> AsyncCircuitBreaker:
+        settings = OfferSettings(
+            circuit_fail_max=FAIL_MAX, circuit_reset_timeout=reset_timeout, partner_timeout=partner_timeout
+        )
+        breaker = build_breaker(settings, await connect_cluster_aware(redis_server.url))
+        assert breaker.shared is not None
+        await breaker.shared.start()
+        made.append(breaker)
+        return breaker
+
+    yield make
+    for breaker in made:
+        assert breaker.shared is not None
+        await breaker.shared.stop()
+
+
+async def trip(breaker: AsyncCircuitBreaker) -> None:
+    for _ in range(FAIL_MAX):
+        with pytest.raises((PartnerDown, CircuitOpen)):
+            await breaker.call(fail)
+
+
+async def test_a_trip_on_one_instance_is_seen_by_another_within_100_ms(fleet: Fleet) -> None:
+    first, second = await fleet(), await fleet()
+    await trip(first)
+    assert first.state_name == "open"
+    took = await eventually(lambda: second.breaker.state.name == "open")
+    assert took < 0.1
+    with pytest.raises(CircuitOpen, match="circuit-open"):
+        await second.call(ok)
+    assert second.snapshot()["fail_counter"] == FAIL_MAX
+
+
+async def test_calls_in_a_closed_or_open_circuit_make_no_redis_round_trips(
+    fleet: Fleet, redis_server: RedisServer
+) -> None:
+    breaker = await fleet()
+    client = redis.Redis.from_url(redis_server.url)
+
+    def commands() -> int:
+        return int(client.info("stats")["total_commands_processed"])
+
+    for outcome in (ok, None):
+        if outcome is None:
+            await trip(breaker)
+            await asyncio.sleep(0.05)  # let the trip reach Redis
+        before, started = commands(), time.monotonic()
+        for _ in range(2000):
+            with contextlib.suppress(CircuitOpen):
+                await breaker.call(ok)
+        elapsed = time.monotonic() - started
+        # Only the background refresh (one read a second) and this INFO may have run.
+        assert commands() - before <= 2 + 2 * int(elapsed + 1)
+    client.close()
+
+
+async def test_concurrent_failures_on_several_instances_trip_the_circuit_once(
+    fleet: Fleet, redis_server: RedisServer
+) -> None:
+    breakers = [await fleet() for _ in range(3)]
+    await asyncio.gather(*(trip(breaker) for breaker in breakers))
+    client = redis.Redis.from_url(redis_server.url)
+    await eventually(lambda: client.hget("{partner-offer}:circuit", "state") == b"open")
+    await asyncio.sleep(0.1)  # every queued write has landed
+    assert client.hget("{partner-offer}:circuit", "version") == b"1"  # one transition, not three
+    opened_at = client.hget("{partner-offer}:circuit", "opened_at")
+    assert opened_at is not None and len(opened_at) == 13  # milliseconds
+    for breaker in breakers:
+        await eventually(lambda b=breaker: b.breaker.state.name == "open")  # type: ignore[misc]
+        assert breaker.breaker._state_storage.opened_at == breakers[0].breaker._state_storage.opened_at
+    client.close()
+
+
+async def test_one_trial_call_per_fleet_when_the_reset_timeout_has_passed(fleet: Fleet) -> None:
+    breakers = [await fleet(reset_timeout=0.3) for _ in range(2)]
+    await trip(breakers[0])
+    for breaker in breakers:
+        await eventually(lambda b=breaker: b.breaker.state.name == "open")  # type: ignore[misc]
+    await asyncio.sleep(0.35)
+
+    calls = 0
+
+    async def slow_failing_trial() -> str:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.2)
+        raise PartnerDown("still 500")
+
+    results = await asyncio.gather(
+        *(breaker.call(slow_failing_trial) for breaker in breakers for _ in range(50)), return_exceptions=True
+    )
+    assert calls == 1
+    assert sum(isinstance(result, PartnerDown) for result in results) == 1
+    assert all(isinstance(r, (PartnerDown, CircuitOpen)) for r in results)
+    for breaker in breakers:
+        await eventually(lambda b=breaker: b.breaker.state.name == "open")  # type: ignore[misc]
+
+
+async def test_a_trial_that_succeeds_closes_the_circuit_for_the_fleet(fleet: Fleet) -> None:
+    first, second = await fleet(reset_timeout=0.2), await fleet(reset_timeout=0.2)
+    await trip(first)
+    await asyncio.sleep(0.25)
+    assert await second.call(ok) == "hot"
+    assert second.state_name == "closed"
+    await eventually(lambda: first.breaker.state.name == "closed")
+    assert first.snapshot()["fail_counter"] == 0
+
+
+async def test_a_prober_that_dies_cannot_wedge_the_circuit(fleet: Fleet) -> None:
+    crashed, survivor = await fleet(reset_timeout=0.2, partner_timeout=0.3), await fleet(reset_timeout=0.2)
+    await trip(crashed)
+    await asyncio.sleep(0.25)
+    assert crashed.shared is not None
+    assert await crashed.shared.acquire_trial() == "granted"
+    await crashed.shared.stop()  # holds the lease, never reports an outcome
+    with pytest.raises(CircuitOpen, match="trial-in-flight"):
+        await survivor.call(ok)
+    # The lease lasts partner_timeout + 1 s, then the next caller may try.
+    deadline = time.monotonic() + 3
+    while True:
+        try:
+            assert await survivor.call(ok) == "hot"
+            break
+        except CircuitOpen:
+            assert time.monotonic() < deadline, "the lease never expired"
+            await asyncio.sleep(0.05)
+    assert survivor.state_name == "closed"
+
+
+async def test_redis_outage_is_survived_and_the_open_circuit_wins_on_recovery(
+    fleet: Fleet, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    breaker = await fleet()
+    assert breaker.shared is not None
+    redis_server.stop()
+    # The breaker goes on in memory: calls are served, failures still trip it.
+    started = time.monotonic()
+    assert await breaker.call(ok) == "hot"
+    await trip(breaker)
+    assert breaker.state_name == "open"
+    assert time.monotonic() - started < 0.5
+    await eventually(lambda: not breaker.shared.connected)  # type: ignore[union-attr]
+    assert breaker.snapshot()["degraded"] is True
+    lost = [r for r in caplog.records if "Redis lost" in r.getMessage()]
+    assert len(lost) == 1
+
+    redis_server.restart()  # comes back empty: closed, as far as Redis knows
+    await eventually(lambda: breaker.shared.connected, within=5)  # type: ignore[union-attr]
+    client = redis.Redis.from_url(redis_server.url)
+    assert client.hget("{partner-offer}:circuit", "state") == b"open"
+    assert breaker.state_name == "open"
+    assert sum("Redis is back" in r.getMessage() for r in caplog.records) == 1
+    client.close()
