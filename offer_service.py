@@ -53,6 +53,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings_module.configure_logging(settings.log_level, settings.httpx_log_level)
         redis_client = await connect_cluster_aware(settings.redis_url) if settings.redis_url else None
         breaker = app.state.breaker = build_breaker(settings, redis_client)
         if breaker.shared:

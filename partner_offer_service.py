@@ -10,6 +10,8 @@ Run it with `python partner_offer_service.py` (uvicorn, reload, 127.0.0.1:8000).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -23,8 +25,16 @@ from settings import PartnerSettings
 STATUS_CODE = 200
 
 settings = settings_module.load(PartnerSettings)
-app = FastAPI(title="Partner offer service", description="Sells hot offers.")
-app.state.requests_received = 0
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings_module.configure_logging(settings.log_level)
+    app.state.requests_received = 0
+    yield
+
+
+app = FastAPI(title="Partner offer service", description="Sells hot offers.", lifespan=lifespan)
 
 
 @app.get("/offer/hot", response_class=PlainTextResponse, summary="A hot offer, with STATUS_CODE")

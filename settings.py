@@ -7,6 +7,7 @@ worse, as a service that runs with a default nobody chose.
 
 from __future__ import annotations
 
+import logging.config
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -100,12 +101,15 @@ def _describe(settings_class: type[_ServiceSettings], error: ValidationError) ->
     return "\n".join(lines)
 
 
-def log_config(level: str, httpx_level: str = "warning") -> dict[str, Any]:
-    """uvicorn's `log_config`: one format for our loggers, uvicorn's and httpx's.
+def configure_logging(level: str, httpx_level: str = "warning") -> None:
+    """Apply `log_config` in this process: from an app's lifespan, so that it
+    holds however the app was started (`python offer_service.py`, `uvicorn`, workers)."""
+    logging.config.dictConfig(log_config(level, httpx_level))
 
-    Given to uvicorn rather than applied here so that it also holds in the
-    processes that uvicorn's reloader and workers start.
-    """
+
+def log_config(level: str, httpx_level: str = "warning") -> dict[str, Any]:
+    """One format for our loggers, uvicorn's and httpx's; also given to `uvicorn.run`
+    so that the reloader's own lines look the same."""
     upper = level.upper()
     return {
         "version": 1,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import EditablePartner, RedisServer, redis_server_binary
+from tests.processes import EditablePartner, RedisClusterServers, RedisServer, redis_server_binary
 
 REDIS_HINT = "no redis-server on PATH: install it (apt-get install redis-server) to run the Redis tests"
 
@@ -37,3 +37,10 @@ def editable_partner(tmp_path: Path) -> Iterator[EditablePartner]:
     workdir.mkdir()
     with EditablePartner(workdir) as partner:
         yield partner
+
+
+@pytest.fixture
+def redis_cluster(redis_binary: str, tmp_path: Path) -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers(redis_binary, tmp_path).start()
+    yield cluster
+    cluster.stop()

@@ -31,6 +31,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is a valid, free port too."""
+    while True:
+        port = free_port()
+        if port + 10000 <= 65535:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+
+
 def wait_for(
     condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
 ) -> T:
@@ -42,7 +55,7 @@ def wait_for(
             result = condition()
             if result:
                 return result
-        except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
+        except (httpx.HTTPError, redis.RedisError, OSError, ValueError, KeyError) as exc:
             last_error = exc
         time.sleep(interval)
     raise TimeoutError(f"{what} not met within {timeout}s (last error: {last_error!r})")
@@ -209,7 +222,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
         wait_for(client.ping, timeout=10, what=f"redis-server on port {self.port}")
         client.close()
         return self
@@ -228,3 +241,50 @@ class RedisServer:
 
 def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
+
+
+class RedisClusterServers:
+    """Three `redis-server --cluster-enabled yes` masters sharing the 16384 slots, started locally."""
+
+    SLOTS = 16384
+
+    def __init__(self, binary: str, workdir: Path, masters: int = 3) -> None:
+        self.nodes = []
+        for index in range(masters):
+            node_dir = workdir / f"node-{index}"
+            node_dir.mkdir()
+            args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ]
+            node = RedisServer(binary, node_dir, args)
+            node.port = free_cluster_port()
+            node.url = f"redis://127.0.0.1:{node.port}/0"
+            self.nodes.append(node)
+        self.url = ""
+
+    def start(self) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        clients = [redis.Redis(host="127.0.0.1", port=node.port) for node in self.nodes]
+        share = self.SLOTS // len(clients)
+        for index, client in enumerate(clients):
+            last = self.SLOTS - 1 if index == len(clients) - 1 else (index + 1) * share - 1
+            client.execute_command("CLUSTER ADDSLOTSRANGE", index * share, last)
+        for node in self.nodes[1:]:
+            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port)
+        for client in clients:
+            wait_for(
+                lambda c=client: c.cluster("info")["cluster_state"] == "ok", timeout=20, what="cluster ok"
+            )
+            client.close()
+        self.url = self.nodes[0].url.rsplit("/", 1)[0]
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis
+from redis.asyncio import RedisCluster
 
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, build_breaker
 from redis_state import connect_cluster_aware
 from settings import OfferSettings
-from tests.processes import RedisServer
+from tests.processes import RedisClusterServers, RedisServer
 
 FAIL_MAX = 3
 
@@ -202,3 +203,35 @@ async def test_redis_outage_is_survived_and_the_open_circuit_wins_on_recovery(
     assert breaker.state_name == "open"
     assert sum("Redis is back" in r.getMessage() for r in caplog.records) == 1
     client.close()
+
+
+async def test_a_redis_cluster_shares_the_circuit_and_its_one_trial(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    settings = OfferSettings(circuit_fail_max=FAIL_MAX, circuit_reset_timeout=0.3)
+    clients = [await connect_cluster_aware(redis_cluster.url) for _ in range(2)]
+    assert all(isinstance(client, RedisCluster) for client in clients)
+    breakers = [build_breaker(settings, client) for client in clients]
+    for breaker in breakers:
+        assert breaker.shared is not None
+        await breaker.shared.start()
+    try:
+        await trip(breakers[0])
+        took = await eventually(lambda: breakers[1].breaker.state.name == "open")
+        assert took < 0.1
+        await asyncio.sleep(0.35)
+        calls = 0
+
+        async def trial() -> str:
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(0.1)
+            return "hot"
+
+        await asyncio.gather(*(b.call(trial) for b in breakers for _ in range(20)), return_exceptions=True)
+        assert calls == 1
+        await eventually(lambda: all(b.breaker.state.name == "closed" for b in breakers))
+    finally:
+        for breaker in breakers:
+            assert breaker.shared is not None
+            await breaker.shared.stop()

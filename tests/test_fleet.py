@@ -1,0 +1,163 @@
+"""Several offer-service processes sharing one circuit through a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.processes import (
+    EditablePartner,
+    RedisClusterServers,
+    RedisServer,
+    Service,
+    uvicorn_service,
+    wait_for,
+)
+
+RESET_TIMEOUT = 2.0
+PARTNER_TIMEOUT = 1.0
+
+
+def start_instances(partner: Service, redis_url: str, log_dir: Path, count: int = 2) -> list[Service]:
+    env = {
+        "PARTNER_OFFER_URL": partner.url,
+        "REDIS_URL": redis_url,
+        "CIRCUIT_RESET_TIMEOUT": str(RESET_TIMEOUT),
+        "PARTNER_TIMEOUT": str(PARTNER_TIMEOUT),
+    }
+    return [uvicorn_service("offer_service:app", env=env, log_dir=log_dir).start() for _ in range(count)]
+
+
+@pytest.fixture
+def instances(
+    editable_partner: EditablePartner, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[list[Service]]:
+    services = start_instances(editable_partner, redis_server.url, tmp_path)
+    yield services
+    for service in services:
+        service.stop()
+
+
+def state_of(service: Service) -> str:
+    return str(service.get("/offer/circuit").json()["current_state"])
+
+
+def trip_through(service: Service) -> None:
+    for _ in range(3):
+        service.get("/offer")
+    assert state_of(service) == "open"
+
+
+def test_a_circuit_tripped_through_one_instance_protects_the_partner_from_all(
+    instances: list[Service], editable_partner: EditablePartner
+) -> None:
+    first, second = instances
+    editable_partner.set_status(500)
+    trip_through(first)
+    wait_for(lambda: state_of(second) == "open", timeout=1, what="second instance sees the open circuit")
+    received = editable_partner.requests_received()
+    for _ in range(10):
+        response = second.get("/offer")
+        assert response.headers["x-fallback-reason"] == "circuit-open"
+    assert editable_partner.requests_received() == received
+    assert second.get("/offer/circuit").json()["fail_counter"] == 3
+
+
+def test_after_the_reset_timeout_exactly_one_trial_reaches_the_partner(
+    instances: list[Service], editable_partner: EditablePartner
+) -> None:
+    editable_partner.set_status(500)
+    trip_through(instances[0])
+    for service in instances:
+        wait_for(lambda s=service: state_of(s) == "open", timeout=1, what="open everywhere")
+    received = editable_partner.requests_received()
+    wait_for(
+        lambda: all(s.get("/offer/circuit").json()["seconds_until_trial"] == 0 for s in instances),
+        timeout=RESET_TIMEOUT + 1,
+        what="reset timeout passed",
+    )
+
+    async def burst() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(timeout=10, limits=limits) as client:
+            started = time.monotonic()
+            responses = await asyncio.gather(
+                *(client.get(f"{instances[i % 2].url}/offer") for i in range(100))
+            )
+            # All inside one reset timeout, or a second trial would be right.
+            assert time.monotonic() - started < RESET_TIMEOUT / 2
+            return responses
+
+    responses = asyncio.run(burst())
+    assert all(response.status_code == 200 for response in responses)
+    assert editable_partner.requests_received() == received + 1
+    reasons = [response.headers["x-fallback-reason"] for response in responses]
+    assert reasons.count("partner-status-500") == 1
+
+
+def test_killing_redis_under_load_serves_every_request_and_the_fleet_converges_after(
+    instances: list[Service], editable_partner: EditablePartner, redis_server: RedisServer
+) -> None:
+    stop = threading.Event()
+    answers: list[tuple[int, str, float]] = []
+
+    def load(service: Service) -> None:
+        with httpx.Client(base_url=service.url, timeout=10) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                response = client.get("/offer")
+                answers.append((response.status_code, response.text, time.monotonic() - started))
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        workers = [pool.submit(load, instances[i % 2]) for i in range(8)]
+        time.sleep(0.5)
+        redis_server.stop()
+        for service in instances:
+            wait_for(
+                lambda s=service: s.get("/health").json()["status"] == "degraded", timeout=5, what="degraded"
+            )
+        assert instances[0].get("/offer/circuit").json()["degraded"] is True
+        time.sleep(0.5)
+        redis_server.restart()
+        for service in instances:
+            wait_for(lambda s=service: s.get("/health").json()["status"] == "ok", timeout=5, what="recovered")
+        time.sleep(0.3)
+        stop.set()
+        for worker in workers:
+            worker.result()
+
+    assert len(answers) > 100
+    for status, body, latency in answers:
+        assert status == 200
+        assert body.startswith(('"Hot offer ', '"Cold offer fallback '))
+        assert latency < PARTNER_TIMEOUT + 0.5
+    for service in instances:
+        log = service.log()
+        assert log.count("Redis lost") == 1
+        assert log.count("Redis is back") == 1
+
+    # Shared again: a trip through one instance reaches the other.
+    editable_partner.set_status(500)
+    trip_through(instances[1])
+    wait_for(lambda: state_of(instances[0]) == "open", timeout=1, what="first instance sees the trip")
+
+
+def test_two_instances_on_a_redis_cluster_report_the_same_circuit(
+    editable_partner: EditablePartner, redis_cluster: RedisClusterServers, tmp_path: Path
+) -> None:
+    services = start_instances(editable_partner, redis_cluster.url, tmp_path)
+    try:
+        editable_partner.set_status(500)
+        trip_through(services[0])
+        wait_for(lambda: state_of(services[1]) == "open", timeout=1, what="second instance sees the trip")
+        assert services[1].get("/offer").headers["x-fallback-reason"] == "circuit-open"
+    finally:
+        for service in services:
+            service.stop()
