@@ -21,9 +21,11 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	@touch $@ $(VENV)/.runtime
 
-## demo: run the partner (:8000) and the offer service (:8001) with reload; Ctrl-C stops both
+## demo: run the partner (:8000) and the offer service (:8001) with reload; Ctrl-C stops both.
+## WORKERS=N runs N offer-service workers (without reload); REDIS_URL=redis://... shares their circuit.
+WORKERS ?= 1
 demo: $(VENV)/.runtime
-	$(BIN)/honcho start
+	WORKERS=$(WORKERS) $(BIN)/honcho start
 
 ## test: unit and end-to-end tests against real processes (and a real redis-server)
 test: $(VENV)/.dev

@@ -27,6 +27,7 @@ import pybreaker
 import redis
 
 from circuit_breaker import build_breaker
+from redis_state import connect_cluster_aware
 from settings import OfferSettings
 
 GuardedCall = Callable[[], Awaitable[object]]
@@ -72,9 +73,11 @@ async def candidates(redis_url: str | None) -> dict[str, tuple[GuardedCall, int]
     if redis_url:
         namespace = f"micro-{uuid.uuid4().hex[:8]}"
         client = redis.Redis.from_url(redis_url)
-        ours_redis = build_breaker(settings, client)
+        ours_redis = build_breaker(settings, await connect_cluster_aware(redis_url))
+        assert ours_redis.shared is not None
+        await ours_redis.shared.start()
         storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace=namespace)
-        calls["this project, Redis state"] = (lambda: ours_redis.call(trivial), 2_000)
+        calls["this project, Redis state"] = (lambda: ours_redis.call(trivial), 50_000)
         calls["pybreaker, CircuitRedisStorage"] = (
             _pybreaker_call(pybreaker.CircuitBreaker(fail_max=3, state_storage=storage)),
             2_000,

@@ -40,7 +40,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 
 from bench import micro
 from bench.load import run_load, run_timeline
-from tests.processes import RedisServer, Service, free_port, redis_server_binary, uvicorn_service
+from tests.processes import RedisServer, Service, free_port, redis_server_binary, uvicorn_service, wait_for
 
 QUIET = {"LOG_LEVEL": "warning", "HTTPX_LOG_LEVEL": "warning"}
 HEALTHY, OPEN, SLOW = "healthy partner", "circuit open", "partner slow"
@@ -51,6 +51,8 @@ FAST = 0.1  # seconds: an answer faster than this is "fast again"
 NAIVE = "naive: sync + @breaker + httpx.Client per request"
 MEMORY = "this project, memory state"
 REDIS = "this project, Redis state"
+REDIS_FAR = "this project, Redis state, Redis +2 ms each way"
+REDIS_DELAY = 0.002
 PROXY = "raw aiohttp proxy, no breaker"
 FALLBACK = "fallback only, no partner call"
 CEILING = {HEALTHY: PROXY, OPEN: FALLBACK}
@@ -71,6 +73,7 @@ CASES = [
     Case("shared httpx.AsyncClient, default transport", "bench.baselines:shared_httpx_app"),
     Case(MEMORY, "offer_service:app", in_smoke=True),
     Case(REDIS, "offer_service:app", needs_redis=True),
+    Case(REDIS_FAR, "offer_service:app", scenarios=(HEALTHY, OPEN), needs_redis=True),
     Case(PROXY, "bench.baselines:aiohttp_proxy_app"),
     Case(FALLBACK, "bench.baselines:fallback_app", scenarios=(HEALTHY, OPEN), in_smoke=True),
 ]
@@ -99,6 +102,7 @@ def run(duration: float, connections: int, only: str, smoke: bool) -> list[Measu
     measurements: list[Measurement] = []
     with ExitStack() as stack:
         redis_url = _start_redis(stack)
+        far_redis_url = _start_delay_proxy(stack, redis_url) if redis_url else None
         partner = stack.enter_context(uvicorn_service("partner_offer_service:app", env=QUIET))
         slow_partner = stack.enter_context(
             uvicorn_service(
@@ -123,7 +127,7 @@ def run(duration: float, connections: int, only: str, smoke: bool) -> list[Measu
                 if scenario == SLOW:
                     env["PARTNER_TIMEOUT"] = str(SLOW_PARTNER_TIMEOUT)
                 if case.needs_redis and redis_url:
-                    env["REDIS_URL"] = redis_url
+                    env["REDIS_URL"] = far_redis_url if case.name == REDIS_FAR else redis_url
                     _flush(redis_url)
                 with uvicorn_service(case.app, env=env) as service:
                     measurements.append(_measure(scenario, case, service, duration, connections))
@@ -140,6 +144,26 @@ def _start_redis(stack: ExitStack) -> str | None:
     server = RedisServer(binary, workdir).start()
     stack.callback(server.stop)
     return server.url
+
+
+def _start_delay_proxy(stack: ExitStack, redis_url: str) -> str:
+    """The same Redis, REDIS_DELAY further away each way."""
+    import subprocess
+
+    import redis
+
+    port = free_port()
+    target = redis_url.rsplit(":", 1)[1].split("/")[0]
+    proxy = subprocess.Popen(
+        [sys.executable, str(BENCH_DIR / "delay_proxy.py"), str(port), target, str(REDIS_DELAY)]
+    )
+    stack.callback(proxy.wait)
+    stack.callback(proxy.terminate)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    wait_for(client.ping, timeout=10, what="delay proxy")
+    client.close()
+    return url
 
 
 def _flush(redis_url: str) -> None:
@@ -220,7 +244,21 @@ def targets(measurements: list[Measurement]) -> list[Target]:
             )
     add("healthy: Redis state >= 0.9x memory state", ratio(HEALTHY, REDIS, MEMORY), 0.9)
     add("open: Redis state >= 0.9x memory state", ratio(OPEN, REDIS, MEMORY), 0.9)
+    add("healthy: Redis +2 ms each way within 10% of Redis next door", ratio(HEALTHY, REDIS_FAR, REDIS), 0.9)
+    add("open: Redis +2 ms each way within 10% of Redis next door", ratio(OPEN, REDIS_FAR, REDIS), 0.9)
     return found
+
+
+def micro_targets(results: list[micro.MicroResult]) -> list[Target]:
+    return [
+        Target(
+            "breaker cost per call, Redis state, steady state <= 5 us",
+            f"{r.microseconds_per_call:.1f} us",
+            r.microseconds_per_call <= 5,
+        )
+        for r in results
+        if r.name == "this project, Redis state"
+    ]
 
 
 def _report(m: Measurement) -> None:
@@ -332,9 +370,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"machine: {machine()}", file=sys.stderr)
     measurements = run(duration, args.connections, args.only, args.smoke)
-    found = targets(measurements)
     with _redis_for_micro() as redis_url:
-        micro_table = micro.table(asyncio.run(micro.run(redis_url, quick=args.smoke)))
+        micro_results = asyncio.run(micro.run(redis_url, quick=args.smoke))
+    micro_table = micro.table(micro_results)
+    found = targets(measurements) + micro_targets(micro_results)
     tool = "wrk" if _has_wrk() else "a Python aiohttp client (wrk not installed)"
     load = f"{tool}, {args.connections} connections, {duration:g} s per case"
     markdown = results_markdown(measurements, found, micro_table, load)

@@ -17,6 +17,7 @@ from tests.processes import (
     RedisClusterServers,
     RedisServer,
     Service,
+    script_service,
     uvicorn_service,
     wait_for,
 )
@@ -161,3 +162,20 @@ def test_two_instances_on_a_redis_cluster_report_the_same_circuit(
     finally:
         for service in services:
             service.stop()
+
+
+def test_workers_of_one_service_share_the_circuit_through_redis(
+    editable_partner: EditablePartner, redis_server: RedisServer
+) -> None:
+    env = {"PARTNER_OFFER_URL": editable_partner.url, "REDIS_URL": redis_server.url, "WORKERS": "2"}
+    with script_service(editable_partner.cwd, "offer_service.py", env) as service:
+        editable_partner.set_status(500)
+        for _ in range(6):  # enough failures whichever worker answers
+            service.get("/offer")
+        received = editable_partner.requests_received()
+        states = {state_of(service) for _ in range(20)}
+        reasons = {service.get("/offer").headers["x-fallback-reason"] for _ in range(20)}
+        assert states == {"open"}
+        assert reasons == {"circuit-open"}
+        assert editable_partner.requests_received() == received
+        assert service.log().count("Started server process") == 2
