@@ -23,6 +23,7 @@ this module adds is what an asyncio service needs and pybreaker lacks:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ class Ticket:
     is_trial: bool
 
 
-class AsyncCircuitBreaker:
+class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
     """Guards coroutine calls with a `pybreaker.CircuitBreaker`.
 
     The bookkeeping before and after a call is synchronous, takes a few
@@ -99,18 +100,37 @@ class AsyncCircuitBreaker:
     view), so it runs on the event loop and needs no lock. The one exception
     is a half-open trial with shared state: the fleet's lease costs one Redis
     round trip, once per reset timeout.
+
+    When the circuit opens, calls still waiting on the partner are cut short
+    (`CircuitOpen("circuit-opened")`): the breaker has just decided the
+    partner is sick, and waiting out their timeouts would keep those callers
+    slow for up to another `PARTNER_TIMEOUT` for nothing.
     """
 
     def __init__(self, breaker: pybreaker.CircuitBreaker, shared: SharedCircuitState | None = None) -> None:
         self.breaker = breaker
         self.shared = shared
         self._trial_in_flight = False
+        self._waiting: set[asyncio.Timeout] = set()
+        breaker.add_listener(self)
 
     async def call(self, func: Callable[[], Awaitable[T]]) -> T:
         """Await `func()` if the circuit allows it; raise `CircuitOpen` if not."""
         ticket = await self._admit(func)
+        waiting = asyncio.timeout(None)  # no deadline of its own: `state_change` may set one
         try:
-            result = await func()
+            async with waiting:
+                self._waiting.add(waiting)
+                try:
+                    result = await func()
+                finally:
+                    self._waiting.discard(waiting)
+        except TimeoutError as exc:
+            if not waiting.expired():
+                self._record(ticket, exc)
+                raise
+            self._release(ticket)
+            raise CircuitOpen("circuit-opened") from None
         except Exception as exc:
             self._record(ticket, exc)
             raise
@@ -119,6 +139,19 @@ class AsyncCircuitBreaker:
             raise
         self._record(ticket, None)
         return result
+
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        """pybreaker's listener hook: when the circuit opens, here or elsewhere in the
+        fleet, end every call still waiting on the partner now."""
+        if new_state.name == pybreaker.STATE_OPEN and self._waiting:
+            now = asyncio.get_running_loop().time()
+            for waiting in self._waiting:
+                waiting.reschedule(now)
 
     @property
     def state_name(self) -> str:
