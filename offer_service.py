@@ -11,6 +11,8 @@ Run it with `python offer_service.py` (uvicorn, reload, 127.0.0.1:8001).
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -20,9 +22,13 @@ from typing import Any
 import redis
 import uvicorn
 from fastapi import FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
 
 import settings as settings_module
-from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
+from admin import AdminGuard
+from circuit_breaker import BREAKER_NAME, AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
+from circuit_events import CircuitObserver, Outcome
+from dashboard import STATIC_DIR, build_router
 from partner_client import HttpClientFactory, PartnerClient, PartnerFailure, http_client
 from redis_state import SharedCircuitState, connect_cluster_aware
 from settings import OfferSettings
@@ -56,10 +62,13 @@ def create_app(
         settings_module.configure_logging(settings.log_level, settings.httpx_log_level)
         redis_client = await connect_cluster_aware(settings.redis_url) if settings.redis_url else None
         breaker = app.state.breaker = build_breaker(settings, redis_client)
+        observer = app.state.observer = CircuitObserver(BREAKER_NAME)
+        breaker.breaker.add_listener(observer)
         if breaker.shared:
             await breaker.shared.start()
         try:
             async with client_factory(settings) as client:
+                app.state.http_client = client
                 app.state.partner = PartnerClient(client, settings.partner_timeout)
                 yield
         finally:
@@ -72,6 +81,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    app.include_router(build_router(AdminGuard(token, settings.host)))
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # The routes read the breaker and the client from `request.app.state`
     # (set by the lifespan) rather than through `Depends`: resolving
@@ -84,16 +96,22 @@ def create_app(
         responses={200: {"headers": OFFER_HEADERS}},
     )
     async def offer(request: Request) -> Response:
-        breaker: AsyncCircuitBreaker = request.app.state.breaker
-        partner: PartnerClient = request.app.state.partner
+        state = request.app.state
+        breaker: AsyncCircuitBreaker = state.breaker
+        observer: CircuitObserver = state.observer
+        outcome: Outcome
         try:
-            hot = await breaker.call(partner.fetch_hot_offer)
-        except (CircuitOpen, PartnerFailure) as exc:
-            reason = exc.reason
+            hot = await breaker.call(state.partner.fetch_hot_offer)
+        except CircuitOpen as exc:
+            reason, outcome = exc.reason, "rejected"
+        except PartnerFailure as exc:
+            reason, outcome = exc.reason, "failure"
         except PartnerRejected as exc:
-            reason = str(exc)
+            reason, outcome = str(exc), "excluded"
         else:
+            observer.served("success")
             return _offer_response(hot, {"X-Offer-Source": "partner", "X-Circuit-State": breaker.state_name})
+        observer.served(outcome, reason)
         return _offer_response(
             cold_offer(),
             {
@@ -132,6 +150,9 @@ if __name__ == "__main__":
     config: OfferSettings = app.state.settings
     if config.redis_url:
         check_redis(config.redis_url)
+    if config.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each worker counts in its own files here, and /metrics adds them up (metrics.py).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="offer-metrics-")
     here = str(Path(__file__).resolve().parent)
     uvicorn.run(
         "offer_service:app",

@@ -8,6 +8,7 @@ refused or dropped connection, a body we cannot read. A 4xx is a business
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -15,6 +16,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+import metrics
 from circuit_breaker import PartnerRejected
 from settings import OfferSettings
 
@@ -71,6 +73,7 @@ class PartnerClient:
         # httpx's timeouts apply to each connect, read or write; a partner that
         # drips its body one byte at a time never trips them. This one bounds
         # the whole call.
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
                 response = await self._client.send(self._request, stream=True)
@@ -82,6 +85,8 @@ class PartnerClient:
             raise PartnerFailure("partner-timeout", f"no answer within {self._timeout}s") from None
         except httpx.TransportError as exc:
             raise PartnerFailure(_transport_reason(exc), repr(exc.__cause__ or exc)) from exc
+        finally:
+            metrics.PARTNER_LATENCY.observe(time.perf_counter() - started)
 
         status = response.status_code
         if 400 <= status < 500:

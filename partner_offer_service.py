@@ -2,7 +2,9 @@
 
 To break it, change STATUS_CODE below to 500 and save: uvicorn reloads, and
 the offer service's circuit breaker starts counting failures. Set it back to
-200 to heal it.
+200 to heal it. Or, without editing anything, set its behaviour at run time
+with `PUT /chaos` (the dashboard's buttons do); `DELETE /chaos` returns to
+what this file says.
 
 Run it with `python partner_offer_service.py` (uvicorn, reload, 127.0.0.1:8000).
 """
@@ -10,44 +12,113 @@ Run it with `python partner_offer_service.py` (uvicorn, reload, 127.0.0.1:8000).
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
 
 import settings as settings_module
+from admin import AdminGuard
 from settings import PartnerSettings
 
 STATUS_CODE = 200
 
+# A hung request still ends, after this long, so that it cannot hold the
+# partner's shutdown hostage forever.
+HANG_SECONDS = 300.0
+
 settings = settings_module.load(PartnerSettings)
+
+
+class Chaos(BaseModel):
+    """How the partner misbehaves. Unset fields keep the file's and the environment's defaults."""
+
+    status_code: int | None = Field(None, ge=100, le=599, description="null: STATUS_CODE from the file")
+    latency: float = Field(
+        settings.partner_latency, ge=0, le=HANG_SECONDS, description="seconds added to every answer"
+    )
+    failure_rate: float = Field(0.0, ge=0, le=1, description="probability that an answer is a 500")
+    mode: Literal["normal", "hang", "drop"] = Field(
+        "normal", description="hang: never answer; drop: close the connection in the middle of the answer"
+    )
+
+
+class ChaosView(Chaos):
+    effective_status_code: int = Field(description="the status code answers get now")
+
+
+class Stats(BaseModel):
+    requests_received: int
+    status_code: int
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings_module.configure_logging(settings.log_level)
     app.state.requests_received = 0
+    app.state.chaos = Chaos()
     yield
 
 
 app = FastAPI(title="Partner offer service", description="Sells hot offers.", lifespan=lifespan)
+admin = AdminGuard(settings.admin_token.get_secret_value() if settings.admin_token else None, settings.host)
 
 
-@app.get("/offer/hot", response_class=PlainTextResponse, summary="A hot offer, with STATUS_CODE")
-async def hot_offer(request: Request) -> PlainTextResponse:
+def status_code_now(chaos: Chaos) -> int:
+    return chaos.status_code if chaos.status_code is not None else STATUS_CODE
+
+
+@app.get("/offer/hot", response_class=PlainTextResponse, summary="A hot offer, as the chaos settings say")
+async def hot_offer(request: Request) -> Response:
     request.app.state.requests_received += 1
-    if settings.partner_latency:
-        await asyncio.sleep(settings.partner_latency)
-    return PlainTextResponse(f"Hot offer {datetime.now():%M:%S}", status_code=STATUS_CODE)
+    chaos: Chaos = request.app.state.chaos
+    if chaos.latency:
+        await asyncio.sleep(chaos.latency)
+    if chaos.mode == "hang":
+        await asyncio.sleep(HANG_SECONDS)
+    status = 500 if chaos.failure_rate and random.random() < chaos.failure_rate else status_code_now(chaos)
+    body = f"Hot offer {datetime.now():%M:%S}"
+    if chaos.mode == "drop":
+        # Promise more body than is sent: uvicorn closes the connection mid-answer.
+        return PlainTextResponse(body, status_code=status, headers={"content-length": str(len(body) + 100)})
+    return PlainTextResponse(body, status_code=status)
+
+
+@app.get("/chaos", summary="How the partner behaves now")
+async def get_chaos(request: Request) -> ChaosView:
+    chaos: Chaos = request.app.state.chaos
+    return ChaosView(**chaos.model_dump(), effective_status_code=status_code_now(chaos))
+
+
+@app.put("/chaos", summary="Set how the partner behaves (admin)", dependencies=[Depends(admin)])
+async def put_chaos(chaos: Chaos, request: Request) -> ChaosView:
+    request.app.state.chaos = chaos
+    return ChaosView(**chaos.model_dump(), effective_status_code=status_code_now(chaos))
+
+
+@app.delete(
+    "/chaos",
+    summary="Back to the file's STATUS_CODE and the environment's latency (admin)",
+    dependencies=[Depends(admin)],
+)
+async def delete_chaos(request: Request) -> ChaosView:
+    request.app.state.chaos = Chaos()
+    return ChaosView(**Chaos().model_dump(), effective_status_code=STATUS_CODE)
 
 
 @app.get("/stats", summary="How many offer requests reached the partner since it started")
-async def stats(request: Request) -> dict[str, int]:
-    return {"requests_received": request.app.state.requests_received, "status_code": STATUS_CODE}
+async def stats(request: Request) -> Stats:
+    return Stats(
+        requests_received=request.app.state.requests_received,
+        status_code=status_code_now(request.app.state.chaos),
+    )
 
 
 @app.get("/health", summary="Liveness")

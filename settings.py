@@ -11,7 +11,7 @@ import logging.config
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -45,6 +45,9 @@ class _ServiceSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", min_length=1, description="an address to listen on")
     log_level: Level = Field("info", description="one of debug, info, warning, error, critical")
+    admin_token: SecretStr | None = Field(
+        None, min_length=16, description="a token of at least 16 characters, or unset"
+    )
 
 
 class PartnerSettings(_ServiceSettings):
@@ -97,7 +100,8 @@ def _describe(settings_class: type[_ServiceSettings], error: ValidationError) ->
     for problem in error.errors():
         field = str(problem["loc"][0])
         expected = settings_class.model_fields[field].description
-        lines.append(f"error: {field.upper()}={problem['input']!r} is invalid, expected {expected}")
+        value = "<hidden>" if field == "admin_token" else repr(problem["input"])  # never print a secret
+        lines.append(f"error: {field.upper()}={value} is invalid, expected {expected}")
     return "\n".join(lines)
 
 

@@ -153,6 +153,7 @@ def copy_project(workdir: Path) -> Path:
     """The project's modules in `workdir`, for a test that edits them as a person would."""
     for source in PROJECT_DIR.glob("*.py"):
         shutil.copy(source, workdir / source.name)
+    shutil.copytree(PROJECT_DIR / "static", workdir / "static", dirs_exist_ok=True)
     return workdir
 
 

@@ -1,0 +1,53 @@
+"""Prometheus metrics of the offer service, right with one worker or several.
+
+With several uvicorn workers each process counts on its own;
+`PROMETHEUS_MULTIPROC_DIR` (set by `python offer_service.py` when
+`WORKERS` > 1) makes prometheus-client keep the counts in files that
+`/metrics` adds up, whichever worker answers.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+STATE_VALUES = {"closed": 0, "open": 1, "half-open": 2}
+
+CIRCUIT_STATE = Gauge(
+    "circuit_breaker_state",
+    "The circuit's state: 0 closed, 1 open, 2 half-open",
+    ["breaker"],
+    multiprocess_mode="livemostrecent",
+)
+CALLS = Counter(
+    "circuit_breaker_calls",
+    "Calls through the breaker by outcome: success, failure, excluded (a 4xx), rejected (not attempted)",
+    ["breaker", "outcome"],
+)
+TRANSITIONS = Counter(
+    "circuit_breaker_transitions", "State changes of the circuit", ["breaker", "from_state", "to_state"]
+)
+PARTNER_LATENCY = Histogram(
+    "partner_request_duration_seconds",
+    "Time of calls that reached the partner, whatever their outcome",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+FALLBACKS = Counter("offer_fallbacks", "Cold offers served, by reason", ["reason"])
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text, summed over every worker when there are several."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,0 +1,116 @@
+"""The event stream and the Prometheus metrics, over HTTP against real processes."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.processes import EditablePartner, Service, script_service, uvicorn_service, wait_for
+
+
+@pytest.fixture
+def partner(tmp_path: Path) -> Iterator[Service]:
+    with uvicorn_service("partner_offer_service:app", log_dir=tmp_path) as service:
+        yield service
+
+
+@pytest.fixture
+def offers(partner: Service, tmp_path: Path) -> Iterator[Service]:
+    env = {"PARTNER_OFFER_URL": partner.url, "CIRCUIT_RESET_TIMEOUT": "1"}
+    with uvicorn_service("offer_service:app", env=env, log_dir=tmp_path) as service:
+        yield service
+
+
+def chaos(service: Service, method: str, body: dict[str, object] | None = None) -> httpx.Response:
+    return httpx.request(method, f"{service.url}/partner/chaos", json=body, timeout=5)
+
+
+def test_the_event_stream_carries_every_transition_in_order(offers: Service) -> None:
+    transitions: list[tuple[str | None, str]] = []
+    snapshots = 0
+    ready = threading.Event()
+
+    def listen() -> None:
+        nonlocal snapshots
+        with httpx.stream("GET", f"{offers.url}/offer/circuit/events", timeout=20) as stream:
+            event = ""
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    event = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    data = json.loads(line.removeprefix("data: "))
+                    if event == "snapshot":
+                        snapshots += 1
+                        ready.set()
+                    elif event == "transition":
+                        transitions.append((data["from"], data["to"]))
+                        if len(transitions) == 3:
+                            return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    assert ready.wait(5)
+    chaos(offers, "PUT", {"status_code": 500})
+    for _ in range(3):
+        offers.get("/offer")
+    chaos(offers, "DELETE")
+    wait_for(
+        lambda: offers.get("/offer").headers["x-offer-source"] == "partner", timeout=5, what="closed again"
+    )
+    listener.join(10)
+    assert transitions == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
+    assert snapshots >= 2
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = (
+        rf"^{re.escape(name)}{{{re.escape(label_text)}}} ([0-9.e+]+)$" if labels else rf"^{name} ([0-9.e+]+)$"
+    )
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"{name} {labels} not in metrics"
+    return float(match.group(1))
+
+
+def test_metrics_count_the_requests_sent(offers: Service) -> None:
+    for _ in range(5):
+        offers.get("/offer")
+    chaos(offers, "PUT", {"status_code": 500})
+    for _ in range(7):
+        offers.get("/offer")
+    text = offers.get("/metrics").text
+    breaker = {"breaker": "partner-offer"}
+    assert metric(text, "circuit_breaker_calls_total", **breaker, outcome="success") == 5
+    assert metric(text, "circuit_breaker_calls_total", **breaker, outcome="failure") == 3
+    assert metric(text, "circuit_breaker_calls_total", **breaker, outcome="rejected") == 4
+    assert metric(text, "offer_fallbacks_total", reason="partner-status-500") == 3
+    assert metric(text, "offer_fallbacks_total", reason="circuit-open") == 4
+    assert metric(text, "circuit_breaker_state", **breaker) == 1
+    assert (
+        metric(text, "circuit_breaker_transitions_total", **breaker, from_state="closed", to_state="open")
+        == 1
+    )
+    assert metric(text, "partner_request_duration_seconds_count") == 8
+
+
+def test_metrics_add_up_over_several_workers(editable_partner: EditablePartner) -> None:
+    env = {"PARTNER_OFFER_URL": editable_partner.url, "WORKERS": "2"}
+    with script_service(editable_partner.cwd, "offer_service.py", env) as offers:
+        for _ in range(40):
+            httpx.get(f"{offers.url}/offer", headers={"Connection": "close"})  # new connections: both workers
+        totals = [
+            metric(
+                offers.get("/metrics").text,
+                "circuit_breaker_calls_total",
+                breaker="partner-offer",
+                outcome="success",
+            )
+            for _ in range(6)
+        ]
+    assert totals == [40.0] * 6
