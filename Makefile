@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # honcho runs each Procfile line through the shell: put the venv's python first.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test scenario lint bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -30,6 +30,10 @@ demo: $(VENV)/.runtime
 ## test: unit and end-to-end tests against real processes (and a real redis-server)
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest
+
+## scenario: drive the walkthrough against the running demo, or against its own services
+scenario: $(VENV)/.runtime
+	$(BIN)/python scenario.py
 
 ## lint: ruff and mypy
 lint: $(VENV)/.dev

@@ -275,13 +275,15 @@ class RedisClusterServers:
         share = self.SLOTS // len(clients)
         for index, client in enumerate(clients):
             last = self.SLOTS - 1 if index == len(clients) - 1 else (index + 1) * share - 1
-            client.execute_command("CLUSTER ADDSLOTSRANGE", index * share, last)
+            client.execute_command("CLUSTER ADDSLOTSRANGE", index * share, last)  # type: ignore[no-untyped-call]
         for node in self.nodes[1:]:
-            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port)
+            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port)  # type: ignore[no-untyped-call]
         for client in clients:
-            wait_for(
-                lambda c=client: c.cluster("info")["cluster_state"] == "ok", timeout=20, what="cluster ok"
-            )
+
+            def cluster_ok(client: redis.Redis = client) -> bool:
+                return bool(client.cluster("info")["cluster_state"] == "ok")
+
+            wait_for(cluster_ok, timeout=20, what="cluster ok")
             client.close()
         self.url = self.nodes[0].url.rsplit("/", 1)[0]
         return self

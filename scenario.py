@@ -1,0 +1,157 @@
+"""The walkthrough, driven for you: healthy, broken, open, half-open, healed, closed.
+
+    python scenario.py          # against running services (make demo), or its own if none run
+    python scenario.py --start  # always start its own services, on free ports
+
+It prints one line per request (what came back, the circuit's state and
+fail counter, the latency) and a summary of what the story should show. It
+exits 1 if any of it did not happen, so it doubles as a smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import httpx
+
+from tests.processes import uvicorn_service
+
+DEMO_PARTNER, DEMO_OFFERS = "http://127.0.0.1:8000", "http://127.0.0.1:8001"
+OWN_RESET_TIMEOUT = "3"
+
+COLOR = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+PAINT = {"hot": "32", "cold": "33", "rejected": "31", "step": "1;36", "ok": "32", "fail": "1;31"}
+
+
+def paint(text: str, kind: str) -> str:
+    return f"\033[{PAINT[kind]}m{text}\033[0m" if COLOR else text
+
+
+@dataclass
+class Story:
+    offers: str
+    partner: str
+    client: httpx.Client
+    started: float = field(default_factory=time.monotonic)
+    checks: list[tuple[str, bool]] = field(default_factory=list)
+
+    def step(self, title: str) -> None:
+        print(paint(f"\n== {title}", "step"))
+
+    def admin(self, method: str, path: str, body: dict[str, object] | None = None) -> None:
+        token = os.environ.get("ADMIN_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = self.client.request(method, f"{self.offers}{path}", json=body, headers=headers)
+        if response.status_code != 200:
+            sys.exit(f"error: {method} {path} answered {response.status_code}: {response.text}")
+
+    def circuit(self) -> dict[str, object]:
+        return self.client.get(f"{self.offers}/offer/circuit").json()  # type: ignore[no-any-return]
+
+    def partner_calls(self) -> int:
+        return int(self.client.get(f"{self.partner}/stats").json()["requests_received"])
+
+    def offer(self) -> str:
+        """One request, printed as a line of the timeline; returns hot, cold or rejected."""
+        began = time.monotonic()
+        response = self.client.get(f"{self.offers}/offer")
+        latency_ms = (time.monotonic() - began) * 1000
+        reason = response.headers.get("x-fallback-reason", "")
+        kind = "hot" if not reason else "rejected" if reason.startswith(("circuit-", "trial-")) else "cold"
+        circuit = self.circuit()
+        print(
+            f"{time.monotonic() - self.started:6.2f}s  {paint(f'{kind:8}', kind)} {response.json():28} "
+            f"{circuit['current_state']:9} fail_counter={circuit['fail_counter']}  "
+            f"{latency_ms:6.1f} ms  {reason}"
+        )
+        return kind
+
+    def check(self, what: str, ok: bool) -> None:
+        self.checks.append((what, ok))
+
+    def wait_for_trial(self) -> None:
+        seconds = float(str(self.circuit()["seconds_until_trial"] or 0))
+        print(f"        waiting {seconds:.1f} s for the reset timeout…")
+        time.sleep(seconds + 0.05)
+
+
+def tell(story: Story) -> bool:
+    story.admin("DELETE", "/partner/chaos")
+    story.admin("POST", "/offer/circuit/reset")
+    fail_max = int(str(story.circuit()["fail_max"]))
+
+    story.step("A healthy partner: hot offers")
+    story.check("a healthy partner gives hot offers", all(story.offer() == "hot" for _ in range(3)))
+
+    story.step("Break the partner (500): failures count up to fail_max, then the circuit opens")
+    story.admin("PUT", "/partner/chaos", {"status_code": 500})
+    kinds = [story.offer() for _ in range(fail_max)]
+    story.check(f"{fail_max} failures open the circuit", kinds == ["cold"] * fail_max)
+    story.check("the circuit is open", story.circuit()["current_state"] == "open")
+
+    story.step("Open: the partner is not called, the fallback comes at once")
+    before = story.partner_calls()
+    kinds = [story.offer() for _ in range(5)]
+    story.check("open: every request rejected at once", kinds == ["rejected"] * 5)
+    story.check("open: the partner received no request", story.partner_calls() == before)
+
+    story.step("Half-open: after the reset timeout one trial call; the partner still fails")
+    story.wait_for_trial()
+    before = story.partner_calls()
+    story.check("the trial reaches the partner and fails", story.offer() == "cold")
+    story.check("exactly one trial call", story.partner_calls() == before + 1)
+    story.check("a failed trial opens the circuit again", story.circuit()["current_state"] == "open")
+
+    story.step("Heal the partner: the next trial closes the circuit")
+    story.admin("DELETE", "/partner/chaos")
+    story.wait_for_trial()
+    story.check("the trial succeeds", story.offer() == "hot")
+    story.check("the circuit is closed", story.circuit()["current_state"] == "closed")
+    story.check("hot offers again", story.offer() == "hot")
+
+    story.step("Summary")
+    for what, ok in story.checks:
+        print(f"  {paint('ok  ', 'ok') if ok else paint('FAIL', 'fail')} {what}")
+    passed = sum(ok for _, ok in story.checks)
+    print(
+        f"\nthe story: {passed} of {len(story.checks)} checks as expected, in {time.monotonic() - story.started:.1f} s"
+    )
+    return passed == len(story.checks)
+
+
+def running(url: str, client: httpx.Client) -> bool:
+    try:
+        return client.get(f"{url}/health").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--start", action="store_true", help="start its own services even if the demo runs")
+    args = parser.parse_args(argv)
+    with ExitStack() as stack:
+        client = stack.enter_context(httpx.Client(timeout=10))
+        offers, partner = DEMO_OFFERS, DEMO_PARTNER
+        if args.start or not (running(offers, client) and running(partner, client)):
+            print(f"starting a partner and an offer service (CIRCUIT_RESET_TIMEOUT={OWN_RESET_TIMEOUT})")
+            partner_service = stack.enter_context(uvicorn_service("partner_offer_service:app"))
+            env = {"PARTNER_OFFER_URL": partner_service.url, "CIRCUIT_RESET_TIMEOUT": OWN_RESET_TIMEOUT}
+            offers, partner = (
+                stack.enter_context(uvicorn_service("offer_service:app", env=env)).url,
+                partner_service.url,
+            )
+        else:
+            print(f"using the running services: {offers} and {partner}")
+        return 0 if tell(Story(offers, partner, client)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
