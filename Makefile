@@ -25,6 +25,7 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 ## WORKERS=N runs N offer-service workers (without reload); REDIS_URL=redis://... shares their circuit.
 WORKERS ?= 1
 demo: $(VENV)/.runtime
+	@echo "Open the dashboard: http://127.0.0.1:8001/  (then curl 127.0.0.1:8001/offer, or make scenario)"
 	WORKERS=$(WORKERS) $(BIN)/honcho start
 
 ## test: unit and end-to-end tests against real processes (and a real redis-server)
