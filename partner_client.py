@@ -1,8 +1,9 @@
 """The offer service's HTTP client for the partner, and what counts as a failure.
 
-A failure is anything that says the partner is sick: a 5xx, a timeout, a
-refused or dropped connection, a body we cannot read. A 4xx is a business
-"no" from a healthy partner: `PartnerRejected`, which the breaker excludes.
+A failure is anything that says the partner is sick: a 5xx, a 429, a
+timeout, a refused or dropped connection, a body we cannot read (empty, not
+UTF-8, not text, too large). Another 4xx is a business "no" from a healthy
+partner: `PartnerRejected`, which the breaker excludes.
 """
 
 from __future__ import annotations
@@ -89,10 +90,14 @@ class PartnerClient:
             metrics.PARTNER_LATENCY.observe(time.perf_counter() - started)
 
         status = response.status_code
-        if 400 <= status < 500:
+        # 429 is a partner asking for relief, which is what an open circuit gives it.
+        if 400 <= status < 500 and status != 429:
             raise PartnerRejected(f"partner-status-{status}")
         if status != 200:
             raise PartnerFailure(f"partner-status-{status}")
+        content_type = response.headers.get("content-type", "text/plain")
+        if not content_type.startswith("text/"):
+            raise PartnerFailure("partner-bad-body", f"content type {content_type}, not text")
         try:
             offer = body.decode("utf-8").strip()
         except UnicodeDecodeError:

@@ -135,5 +135,7 @@ if __name__ == "__main__":
         reload=True,
         app_dir=here,
         reload_dirs=[here],
+        # A hung request (chaos mode "hang") must not hold Ctrl-C or a reload hostage.
+        timeout_graceful_shutdown=2,
         log_config=settings_module.log_config(settings.log_level),
     )

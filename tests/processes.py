@@ -145,6 +145,8 @@ def uvicorn_service(
         "--port",
         str(port),
         "--no-access-log",
+        "--timeout-graceful-shutdown",
+        "5",
     ]
     return Service(args, port, env, **kwargs)
 

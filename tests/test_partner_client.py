@@ -14,12 +14,12 @@ from tests.processes import free_port
 
 
 def partner_answering(
-    status: int = 200, body: bytes = b"Hot offer 24:48", delay: float = 0.0
+    status: int = 200, body: bytes = b"Hot offer 24:48", delay: float = 0.0, content_type: str = "text/plain"
 ) -> PartnerClient:
     async def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/offer/hot"
         await asyncio.sleep(delay)
-        return httpx.Response(status, content=body)
+        return httpx.Response(status, content=body, headers={"content-type": content_type})
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://partner")
     return PartnerClient(client, timeout=0.2)
@@ -35,12 +35,12 @@ async def test_a_200_with_text_is_the_hot_offer() -> None:
     assert await partner_answering().fetch_hot_offer() == "Hot offer 24:48"
 
 
-@pytest.mark.parametrize("status", [500, 502, 503])
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
 async def test_a_5xx_is_a_failure(status: int) -> None:
     assert await reason_for(partner_answering(status)) == f"partner-status-{status}"
 
 
-@pytest.mark.parametrize("status", [400, 404, 429])
+@pytest.mark.parametrize("status", [400, 404, 410])
 async def test_a_4xx_is_a_business_rejection_not_a_failure(status: int) -> None:
     with pytest.raises(PartnerRejected, match=f"partner-status-{status}"):
         await partner_answering(status).fetch_hot_offer()
@@ -53,6 +53,11 @@ async def test_a_redirect_is_a_failure_not_followed() -> None:
 @pytest.mark.parametrize("body", [b"", b"   ", b"\xff\xfe not utf-8", b"x" * (MAX_OFFER_BYTES + 1)])
 async def test_an_unreadable_body_is_a_failure(body: bytes) -> None:
     assert await reason_for(partner_answering(body=body)) == "partner-bad-body"
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "image/png", "application/octet-stream"])
+async def test_a_body_that_is_not_text_is_a_failure(content_type: str) -> None:
+    assert await reason_for(partner_answering(content_type=content_type)) == "partner-bad-body"
 
 
 async def test_a_slow_partner_is_a_timeout_bounded_by_partner_timeout() -> None:
