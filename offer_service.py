@@ -11,6 +11,7 @@ Run it with `python offer_service.py` (uvicorn, reload, 127.0.0.1:8001).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -32,6 +33,8 @@ from dashboard import STATIC_DIR, build_router
 from partner_client import HttpClientFactory, PartnerClient, PartnerFailure, http_client
 from redis_state import SharedCircuitState, connect_cluster_aware
 from settings import OfferSettings
+
+log = logging.getLogger("offer_service")
 
 
 def cold_offer() -> str:
@@ -74,6 +77,7 @@ def create_app(
         finally:
             if breaker.shared:
                 await breaker.shared.stop()
+            log.info("shutdown: the partner client and the Redis connections are closed")
 
     app = FastAPI(
         title="Offer service",

@@ -127,7 +127,12 @@ def log_config(level: str, httpx_level: str = "warning") -> dict[str, Any]:
         "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "default"}},
         "root": {"handlers": ["default"], "level": upper},
         "loggers": {
-            "uvicorn": {"level": upper},
+            # uvicorn's own config (when started as `uvicorn ...`) gives its loggers
+            # handlers and no propagation; hand them to the root's handler instead.
+            **{
+                name: {"level": upper, "handlers": [], "propagate": True}
+                for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+            },
             "httpx": {"level": httpx_level.upper()},
             "httpcore": {"level": "WARNING"},
         },

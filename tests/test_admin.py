@@ -102,3 +102,20 @@ def test_no_state_changes_on_get(partner: Service, tmp_path: Path) -> None:
         assert offers.get("/offer/circuit").json()["current_state"] == "closed"
     finally:
         offers.stop()
+
+
+def test_the_page_and_the_event_stream_leak_no_secret(partner: Service, tmp_path: Path) -> None:
+    offers = start_offers(partner, tmp_path, ADMIN_TOKEN=TOKEN)
+    try:
+        page = offers.get("/")
+        assert TOKEN not in page.text
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert page.headers["x-frame-options"] == "DENY"
+        with httpx.stream("GET", f"{offers.url}/offer/circuit/events", timeout=5) as stream:
+            first = next(line for line in stream.iter_lines() if line.startswith("data: "))
+        assert TOKEN not in first
+        assert "token" not in first.lower()
+        assert TOKEN not in offers.get("/openapi.json").text
+    finally:
+        offers.stop()

@@ -9,7 +9,7 @@ import pytest
 
 import settings
 from settings import OfferSettings, PartnerSettings
-from tests.processes import PROJECT_DIR
+from tests.processes import PROJECT_DIR, free_port
 
 BAD_OFFER_SETTINGS = [
     ("PARTNER_OFFER_URL", "not a url", "an http(s) URL"),
@@ -106,3 +106,19 @@ def test_a_service_started_with_a_bad_setting_prints_one_line_and_no_traceback(s
     assert result.stderr.strip().splitlines() == [
         "error: PORT='eighty' is invalid, expected a TCP port, 1-65535"
     ]
+
+
+def test_an_unreachable_redis_at_start_up_is_one_line() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = subprocess.run(
+        [sys.executable, "offer_service.py"],
+        cwd=PROJECT_DIR,
+        env={"PATH": "/usr/bin:/bin", "REDIS_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: REDIS_URL='{url}' is unreachable: ")
