@@ -17,6 +17,12 @@ import ipaddress
 from fastapi import HTTPException, Request
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+# For the OpenAPI document of every guarded route.
+ADMIN_RESPONSES: dict[int | str, dict[str, str]] = {
+    401: {"description": "ADMIN_TOKEN is set and the request does not carry it"},
+    403: {"description": "no ADMIN_TOKEN: refused on a non-loopback bind, or from another host or site"},
+}
+BODY_RESPONSES: dict[int | str, dict[str, str]] = {400: {"description": "the body is not valid JSON"}}
 
 
 def is_loopback(host: str) -> bool:

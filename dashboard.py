@@ -19,6 +19,8 @@ from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 
 import metrics
+from admin import ADMIN_RESPONSES, BODY_RESPONSES
+from chaos import Chaos
 from circuit_breaker import AsyncCircuitBreaker
 from circuit_events import CircuitObserver
 
@@ -61,12 +63,22 @@ def build_router(admin: Any) -> APIRouter:
 
         return EventSourceResponse(observer.events(snapshot), ping=15)
 
-    @router.post("/offer/circuit/open", summary="Force the circuit open (admin)", dependencies=guarded)
+    @router.post(
+        "/offer/circuit/open",
+        summary="Force the circuit open (admin)",
+        dependencies=guarded,
+        responses=ADMIN_RESPONSES,
+    )
     async def force_open(request: Request) -> dict[str, Any]:
         breaker_of(request).breaker.open()
         return breaker_of(request).snapshot()
 
-    @router.post("/offer/circuit/close", summary="Force the circuit closed (admin)", dependencies=guarded)
+    @router.post(
+        "/offer/circuit/close",
+        summary="Force the circuit closed (admin)",
+        dependencies=guarded,
+        responses=ADMIN_RESPONSES,
+    )
     async def force_close(request: Request) -> dict[str, Any]:
         breaker_of(request).breaker.close()
         return breaker_of(request).snapshot()
@@ -75,6 +87,7 @@ def build_router(admin: Any) -> APIRouter:
         "/offer/circuit/reset",
         summary="Close the circuit and clear the dashboard's history (admin)",
         dependencies=guarded,
+        responses=ADMIN_RESPONSES,
     )
     async def reset(request: Request) -> dict[str, Any]:
         breaker_of(request).breaker.close()
@@ -85,11 +98,21 @@ def build_router(admin: Any) -> APIRouter:
     async def get_chaos(request: Request) -> Response:
         return await relay(request, "GET")
 
-    @router.put("/partner/chaos", summary="Set the partner's chaos (admin)", dependencies=guarded)
-    async def put_chaos(request: Request) -> Response:
-        return await relay(request, "PUT")
+    @router.put(
+        "/partner/chaos",
+        summary="Set the partner's chaos (admin)",
+        dependencies=guarded,
+        responses={**ADMIN_RESPONSES, **BODY_RESPONSES},
+    )
+    async def put_chaos(request: Request, chaos: Chaos) -> Response:
+        return await relay(request, "PUT", chaos.model_dump_json())
 
-    @router.delete("/partner/chaos", summary="The partner back to its defaults (admin)", dependencies=guarded)
+    @router.delete(
+        "/partner/chaos",
+        summary="The partner back to its defaults (admin)",
+        dependencies=guarded,
+        responses=ADMIN_RESPONSES,
+    )
     async def delete_chaos(request: Request) -> Response:
         return await relay(request, "DELETE")
 
@@ -101,12 +124,14 @@ def build_router(admin: Any) -> APIRouter:
     return router
 
 
-async def relay(request: Request, method: str) -> Response:
+async def relay(request: Request, method: str, body: str | None = None) -> Response:
     """Pass a chaos request to the partner, with the caller's Authorization, outside the breaker."""
     client: httpx.AsyncClient = request.app.state.http_client
-    headers = {k: v for k, v in request.headers.items() if k in ("authorization", "content-type")}
+    headers = {"content-type": "application/json"}
+    if "authorization" in request.headers:
+        headers["authorization"] = request.headers["authorization"]
     try:
-        answer = await client.request(method, "/chaos", content=await request.body(), headers=headers)
+        answer = await client.request(method, "/chaos", content=body, headers=headers)
     except httpx.HTTPError as exc:
         raise HTTPException(502, f"the partner did not answer: {exc!r}") from None
     return Response(answer.content, answer.status_code, media_type=answer.headers.get("content-type"))

@@ -25,6 +25,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 
+import method_not_allowed
 import settings as settings_module
 from admin import AdminGuard
 from circuit_breaker import BREAKER_NAME, AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
@@ -85,6 +86,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    method_not_allowed.install(app)
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
     app.include_router(build_router(AdminGuard(token, settings.host)))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -9,6 +9,7 @@ partner: `PartnerRejected`, which the breaker excludes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -20,6 +21,8 @@ from httpx_aiohttp import AiohttpTransport
 import metrics
 from circuit_breaker import PartnerRejected
 from settings import OfferSettings
+
+log = logging.getLogger("partner_client")
 
 HOT_OFFER_PATH = "/offer/hot"
 # An offer is a short line of text; anything far larger is a broken partner,
@@ -86,6 +89,14 @@ class PartnerClient:
             raise PartnerFailure("partner-timeout", f"no answer within {self._timeout}s") from None
         except httpx.TransportError as exc:
             raise PartnerFailure(_transport_reason(exc), repr(exc.__cause__ or exc)) from exc
+        except PartnerFailure:
+            raise
+        except Exception as exc:
+            # Whatever else the partner's bytes make the HTTP stack raise (aiohttp's
+            # "bad status line" for a 1xx, say, which the transport does not map)
+            # is a broken answer: a failure and a fallback, never a 500.
+            log.warning("partner answer could not be read: %r", exc)
+            raise PartnerFailure("partner-protocol-error", repr(exc)) from exc
         finally:
             metrics.PARTNER_LATENCY.observe(time.perf_counter() - started)
 

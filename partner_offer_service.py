@@ -17,37 +17,23 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
+import method_not_allowed
 import settings as settings_module
-from admin import AdminGuard
+from admin import ADMIN_RESPONSES, BODY_RESPONSES, AdminGuard
+from chaos import HANG_SECONDS, Chaos
 from settings import PartnerSettings
 
 STATUS_CODE = 200
 
-# A hung request still ends, after this long, so that it cannot hold the
-# partner's shutdown hostage forever.
-HANG_SECONDS = 300.0
-
 settings = settings_module.load(PartnerSettings)
-
-
-class Chaos(BaseModel):
-    """How the partner misbehaves. Unset fields keep the file's and the environment's defaults."""
-
-    status_code: int | None = Field(None, ge=100, le=599, description="null: STATUS_CODE from the file")
-    latency: float = Field(
-        settings.partner_latency, ge=0, le=HANG_SECONDS, description="seconds added to every answer"
-    )
-    failure_rate: float = Field(0.0, ge=0, le=1, description="probability that an answer is a 500")
-    mode: Literal["normal", "hang", "drop"] = Field(
-        "normal", description="hang: never answer; drop: close the connection in the middle of the answer"
-    )
+# What DELETE /chaos returns to: the file's STATUS_CODE and PARTNER_LATENCY.
+DEFAULT_CHAOS = Chaos(latency=settings.partner_latency)
 
 
 class ChaosView(Chaos):
@@ -63,11 +49,12 @@ class Stats(BaseModel):
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings_module.configure_logging(settings.log_level)
     app.state.requests_received = 0
-    app.state.chaos = Chaos()
+    app.state.chaos = DEFAULT_CHAOS
     yield
 
 
 app = FastAPI(title="Partner offer service", description="Sells hot offers.", lifespan=lifespan)
+method_not_allowed.install(app)
 admin = AdminGuard(settings.admin_token.get_secret_value() if settings.admin_token else None, settings.host)
 
 
@@ -97,7 +84,12 @@ async def get_chaos(request: Request) -> ChaosView:
     return ChaosView(**chaos.model_dump(), effective_status_code=status_code_now(chaos))
 
 
-@app.put("/chaos", summary="Set how the partner behaves (admin)", dependencies=[Depends(admin)])
+@app.put(
+    "/chaos",
+    summary="Set how the partner behaves (admin)",
+    dependencies=[Depends(admin)],
+    responses={**ADMIN_RESPONSES, **BODY_RESPONSES},
+)
 async def put_chaos(chaos: Chaos, request: Request) -> ChaosView:
     request.app.state.chaos = chaos
     return ChaosView(**chaos.model_dump(), effective_status_code=status_code_now(chaos))
@@ -107,10 +99,11 @@ async def put_chaos(chaos: Chaos, request: Request) -> ChaosView:
     "/chaos",
     summary="Back to the file's STATUS_CODE and the environment's latency (admin)",
     dependencies=[Depends(admin)],
+    responses=ADMIN_RESPONSES,
 )
 async def delete_chaos(request: Request) -> ChaosView:
-    request.app.state.chaos = Chaos()
-    return ChaosView(**Chaos().model_dump(), effective_status_code=STATUS_CODE)
+    request.app.state.chaos = DEFAULT_CHAOS
+    return ChaosView(**DEFAULT_CHAOS.model_dump(), effective_status_code=STATUS_CODE)
 
 
 @app.get("/stats", summary="How many offer requests reached the partner since it started")

@@ -160,3 +160,21 @@ def test_a_hostile_answer_gets_the_fallback_and_counts(
     assert elapsed < PARTNER_TIMEOUT + 0.5
     expected = before + 1 if counts_as == "failure" else 0
     assert offers.get("/offer/circuit").json()["fail_counter"] == expected
+
+
+async def informational_status(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHot offer 00:00")
+
+
+async def not_http(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+
+@pytest.mark.parametrize("behaviour", [informational_status, not_http])
+def test_an_answer_that_is_not_http_is_a_protocol_failure(
+    hostile: HostilePartner, offers: Service, behaviour: Behaviour
+) -> None:
+    hostile.behaviour = behaviour
+    response = offers.get("/offer")
+    assert response.status_code == 200
+    assert response.headers["x-fallback-reason"] in ("partner-protocol-error", "partner-connection-error")
