@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # honcho runs each Procfile line through the shell: put the venv's python first.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test scenario lint bench clean
+.PHONY: demo test scenario lint bench soak clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -45,6 +45,11 @@ lint: $(VENV)/.dev
 ## bench: requests/s and latency of /offer against the naive pattern (bench/README.md)
 bench: $(VENV)/.dev
 	$(BIN)/python bench/run.py
+
+## soak: 60 s of partner faults and a Redis outage under 50 clients (bench/soak.py); SOAK_SECONDS=15 for short
+SOAK_SECONDS ?= 60
+soak: $(VENV)/.dev
+	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
