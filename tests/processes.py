@@ -293,3 +293,10 @@ class RedisClusterServers:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run one of the project's scripts (`scenario.py`, `bench/run.py`...) as a user would."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout
+    )

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.processes import PROJECT_DIR
+from tests.processes import run_script
 
 
 def test_bench_smoke_run_writes_results(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "bench/run.py", "--smoke", "--out", str(tmp_path)],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_script("bench/run.py", "--smoke", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     markdown = (tmp_path / "results.md").read_text()
     for row in (

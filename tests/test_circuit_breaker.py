@@ -12,6 +12,7 @@ import pytest
 
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
 from settings import OfferSettings
+from tests.partner_stand_ins import PartnerDown, fail, ok, reject
 
 RESET_TIMEOUT = 15.0
 
@@ -20,22 +21,6 @@ def rewind(breaker: AsyncCircuitBreaker, seconds: float) -> None:
     """Move the moment the circuit opened back in time, instead of sleeping through the reset timeout."""
     storage = breaker.breaker._state_storage
     storage.opened_at = storage.opened_at - timedelta(seconds=seconds)
-
-
-class PartnerDown(Exception):
-    pass
-
-
-async def ok() -> str:
-    return "hot"
-
-
-async def fail() -> str:
-    raise PartnerDown("500")
-
-
-async def reject() -> str:
-    raise PartnerRejected("404")
 
 
 def make_breaker() -> AsyncCircuitBreaker:

@@ -15,21 +15,10 @@ from redis.asyncio import RedisCluster
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, build_breaker
 from redis_state import connect_cluster_aware
 from settings import OfferSettings
+from tests.partner_stand_ins import PartnerDown, fail, ok
 from tests.processes import RedisClusterServers, RedisServer
 
 FAIL_MAX = 3
-
-
-class PartnerDown(Exception):
-    pass
-
-
-async def ok() -> str:
-    return "hot"
-
-
-async def fail() -> str:
-    raise PartnerDown("500")
 
 
 async def eventually(condition: Callable[[], bool], within: float = 3.0) -> float:

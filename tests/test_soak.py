@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from tests.processes import PROJECT_DIR
+from tests.processes import run_script
 
 
 def test_a_15_second_chaos_soak_passes() -> None:
-    result = subprocess.run(
-        [sys.executable, "bench/soak.py", "--seconds", "15"],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    result = run_script("bench/soak.py", "--seconds", "15", timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "soak: 12 of 12 checks as expected" in result.stdout
