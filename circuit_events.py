@@ -57,7 +57,10 @@ class CircuitObserver(pybreaker.CircuitBreakerListener):
         """Count one `/offer` answer: hot (success), cold (failure, excluded) or rejected."""
         self._calls[outcome].inc()
         if reason:
-            metrics.FALLBACKS.labels(reason).inc()
+            fallbacks = self._fallbacks.get(reason) or self._fallbacks.setdefault(
+                reason, metrics.FALLBACKS.labels(reason)
+            )
+            fallbacks.inc()
         column = 1 if outcome == "success" else 3 if outcome == "rejected" else 2
         second = int(time.time())
         if not self._per_second or self._per_second[-1][0] != second:

@@ -87,10 +87,6 @@ def create_app(
     )
     app.state.settings = settings
     method_not_allowed.install(app)
-    token = settings.admin_token.get_secret_value() if settings.admin_token else None
-    app.include_router(build_router(AdminGuard(token, settings.host)))
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-
     # The routes read the breaker and the client from `request.app.state`
     # (set by the lifespan) rather than through `Depends`: resolving
     # dependencies was about a tenth of the CPU of an open-circuit request.
@@ -138,6 +134,11 @@ def create_app(
             return {"status": "ok", "storage": "memory"}
         return {"status": "ok" if shared.connected else "degraded", "storage": "redis"}
 
+    # Registered after /offer: Starlette tries routes in order, and the hot path
+    # should not pay for matching a dozen dashboard routes first.
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    app.include_router(build_router(AdminGuard(token, settings.host)))
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
 
