@@ -33,9 +33,11 @@ class CircuitObserver(pybreaker.CircuitBreakerListener):
         self.transitions: deque[dict[str, str | None]] = deque(maxlen=50)
         self._per_second: deque[list[int]] = deque()  # [second, hot, cold, rejected]
         self._subscribers: set[asyncio.Queue[dict[str, str | None]]] = set()
+        # Label lookups take a lock and build a tuple: done once, not per request.
         self._calls = {
             o: metrics.CALLS.labels(breaker_name, o) for o in ("success", "failure", "excluded", "rejected")
         }
+        self._fallbacks: dict[str, Any] = {}
         metrics.CIRCUIT_STATE.labels(breaker_name).set(0)
 
     def state_change(
