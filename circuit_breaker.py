@@ -19,6 +19,9 @@ this module adds is what an asyncio service needs and pybreaker lacks:
    stampede. Here one trial call is in flight at a time; the others are
    rejected at once, as if the circuit were still open. With shared Redis
    state (`redis_state.py`) that holds for the whole fleet.
+4. **Calls still waiting when the circuit opens are cut short.** The breaker
+   has just decided the partner is sick; those callers get the fallback now
+   instead of waiting out their timeout.
 """
 
 from __future__ import annotations

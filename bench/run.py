@@ -310,10 +310,14 @@ def chart(measurements: list[Measurement], path: Path) -> None:
         rows = [m for m in measurements if m.scenario == scenario]
         names = [m.case for m in rows]
         if scenario == SLOW:
-            values = [m.recovery_seconds if m.recovery_seconds is not None else 0 for m in rows]
+            known = [m.recovery_seconds for m in rows if m.recovery_seconds is not None]
+            never = max([*known, SLOW_PARTNER_TIMEOUT + 0.5]) * 1.2  # drawn past every other bar
+            values = [m.recovery_seconds if m.recovery_seconds is not None else never for m in rows]
             colors = ["tab:red" if m.recovery_seconds is None else "tab:blue" for m in rows]
-            axis.barh(names, values, color=colors)
-            axis.set_xlabel("seconds until answers are fast again (red: never)")
+            bars = axis.barh(names, values, color=colors)
+            axis.bar_label(bars, labels=[_recovery(m) for m in rows], padding=3, fontsize=8)
+            axis.set_xlim(0, never * 1.35)
+            axis.set_xlabel("seconds until fast again (red: never)")
             axis.axvline(SLOW_PARTNER_TIMEOUT + 0.5, color="gray", linestyle="--")
         else:
             colors = ["tab:orange" if m.case.startswith("this project") else "tab:gray" for m in rows]
