@@ -354,8 +354,8 @@ def results_markdown(
 
 def update_readme(readme: Path, section: str) -> None:
     text = readme.read_text()
-    pattern = re.compile(r"(<!-- bench:start -->\n).*?(\n<!-- bench:end -->)", re.DOTALL)
-    readme.write_text(pattern.sub(lambda match: match.group(1) + section + match.group(2), text))
+    pattern = re.compile(r"(<!-- bench:start -->\n).*?(<!-- bench:end -->)", re.DOTALL)
+    readme.write_text(pattern.sub(lambda match: match.group(1) + section + "\n" + match.group(2), text))
 
 
 def main(argv: list[str] | None = None) -> int:
