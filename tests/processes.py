@@ -271,6 +271,13 @@ class RedisClusterServers:
         self.url = ""
 
     def start(self) -> RedisClusterServers:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # leave no node behind when the cluster does not come up
+            raise
+
+    def _start(self) -> RedisClusterServers:
         for node in self.nodes:
             node.start()
         clients = [redis.Redis(host="127.0.0.1", port=node.port) for node in self.nodes]
