@@ -226,8 +226,13 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
-        wait_for(client.ping, timeout=10, what=f"redis-server on port {self.port}")
-        client.close()
+        try:
+            wait_for(client.ping, timeout=10, what=f"redis-server on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            client.close()
         return self
 
     def stop(self) -> None:
