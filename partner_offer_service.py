@@ -62,6 +62,10 @@ def status_code_now(chaos: Chaos) -> int:
     return chaos.status_code if chaos.status_code is not None else STATUS_CODE
 
 
+def chaos_view(chaos: Chaos) -> ChaosView:
+    return ChaosView(**chaos.model_dump(), effective_status_code=status_code_now(chaos))
+
+
 @app.get("/offer/hot", response_class=PlainTextResponse, summary="A hot offer, as the chaos settings say")
 async def hot_offer(request: Request) -> Response:
     request.app.state.requests_received += 1
@@ -80,8 +84,7 @@ async def hot_offer(request: Request) -> Response:
 
 @app.get("/chaos", summary="How the partner behaves now")
 async def get_chaos(request: Request) -> ChaosView:
-    chaos: Chaos = request.app.state.chaos
-    return ChaosView(**chaos.model_dump(), effective_status_code=status_code_now(chaos))
+    return chaos_view(request.app.state.chaos)
 
 
 @app.put(
@@ -92,7 +95,7 @@ async def get_chaos(request: Request) -> ChaosView:
 )
 async def put_chaos(chaos: Chaos, request: Request) -> ChaosView:
     request.app.state.chaos = chaos
-    return ChaosView(**chaos.model_dump(), effective_status_code=status_code_now(chaos))
+    return chaos_view(chaos)
 
 
 @app.delete(
@@ -103,7 +106,7 @@ async def put_chaos(chaos: Chaos, request: Request) -> ChaosView:
 )
 async def delete_chaos(request: Request) -> ChaosView:
     request.app.state.chaos = DEFAULT_CHAOS
-    return ChaosView(**DEFAULT_CHAOS.model_dump(), effective_status_code=STATUS_CODE)
+    return chaos_view(DEFAULT_CHAOS)
 
 
 @app.get("/stats", summary="How many offer requests reached the partner since it started")

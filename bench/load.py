@@ -26,8 +26,12 @@ class LoadResult:
     tool: str
 
 
+def has_wrk() -> bool:
+    return shutil.which("wrk") is not None
+
+
 def run_load(url: str, duration: float, connections: int = 50) -> LoadResult:
-    if shutil.which("wrk"):
+    if has_wrk():
         return _wrk(url, duration, connections)
     return asyncio.run(_python_load(url, duration, connections))
 
@@ -72,30 +76,14 @@ def _wrk(url: str, duration: float, connections: int) -> LoadResult:
 
 
 async def _python_load(url: str, duration: float, connections: int) -> LoadResult:
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + duration
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal errors
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            try:
-                async with session.get(url) as response:
-                    await response.read()
-                    if response.status != 200:
-                        errors += 1
-            except aiohttp.ClientError:
-                errors += 1
-            latencies.append((time.perf_counter() - started) * 1000)
-
-    connector = aiohttp.TCPConnector(limit=connections)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(connections)))
-        elapsed = time.perf_counter() - started
-    cuts = statistics.quantiles(latencies, n=100)
-    return LoadResult(len(latencies) / elapsed, cuts[49], cuts[98], errors, "python")
+    timeline = await run_timeline(url, duration, connections)
+    return LoadResult(
+        timeline.requests_per_second,
+        timeline.percentile_ms(50),
+        timeline.percentile_ms(99),
+        timeline.errors,
+        "python",
+    )
 
 
 @dataclass(frozen=True)

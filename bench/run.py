@@ -28,8 +28,7 @@ import platform
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +38,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 
 from bench import micro
-from bench.load import run_load, run_timeline
+from bench.load import has_wrk, run_load, run_timeline
 from tests.processes import RedisServer, Service, free_port, redis_server_binary, uvicorn_service, wait_for
 
 QUIET = {"LOG_LEVEL": "warning", "HTTPX_LOG_LEVEL": "warning"}
@@ -98,10 +97,11 @@ class Target:
     met: bool
 
 
-def run(duration: float, connections: int, only: str, smoke: bool) -> list[Measurement]:
+def run(
+    duration: float, connections: int, only: str, smoke: bool, redis_url: str | None
+) -> list[Measurement]:
     measurements: list[Measurement] = []
     with ExitStack() as stack:
-        redis_url = _start_redis(stack)
         far_redis_url = _start_delay_proxy(stack, redis_url) if redis_url else None
         partner = stack.enter_context(uvicorn_service("partner_offer_service:app", env=QUIET))
         slow_partner = stack.enter_context(
@@ -373,12 +373,13 @@ def main(argv: list[str] | None = None) -> int:
     duration = 2.0 if args.smoke else args.duration
 
     print(f"machine: {machine()}", file=sys.stderr)
-    measurements = run(duration, args.connections, args.only, args.smoke)
-    with _redis_for_micro() as redis_url:
+    with ExitStack() as stack:
+        redis_url = _start_redis(stack)  # one throwaway redis-server for the services and the micro-benchmark
+        measurements = run(duration, args.connections, args.only, args.smoke, redis_url)
         micro_results = asyncio.run(micro.run(redis_url, quick=args.smoke))
     micro_table = micro.table(micro_results)
     found = targets(measurements) + micro_targets(micro_results)
-    tool = "wrk" if _has_wrk() else "a Python aiohttp client (wrk not installed)"
+    tool = "wrk" if has_wrk() else "a Python aiohttp client (wrk not installed)"
     load = f"{tool}, {args.connections} connections, {duration:g} s per case"
     markdown = results_markdown(measurements, found, micro_table, load)
     print(markdown)
@@ -390,18 +391,6 @@ def main(argv: list[str] | None = None) -> int:
         update_readme(BENCH_DIR.parent / "README.md", markdown)
     print(f"\nwrote {args.out / 'results.md'} and {args.out / 'results.png'}", file=sys.stderr)
     return 0
-
-
-@contextmanager
-def _redis_for_micro() -> Iterator[str | None]:
-    with ExitStack() as stack:
-        yield _start_redis(stack)
-
-
-def _has_wrk() -> bool:
-    import shutil
-
-    return shutil.which("wrk") is not None
 
 
 if __name__ == "__main__":
