@@ -1,16 +1,31 @@
 """The offer service's HTTP client for the partner, and what counts as a failure.
 
+What a partner call can raise, at a glance:
+
+    PartnerFailure        the partner looks sick: counted by the breaker
+    PartnerRejected       a 4xx, a business "no" from a healthy partner:
+                          excluded by the breaker (`circuit_breaker.py`)
+    LocalResourceError    this process could not make the call (no file
+                          descriptor, no free connection): says nothing
+                          about the partner, so the breaker does not count it
+
 A failure is anything that says the partner is sick: a 5xx, a 429, a
 timeout, a refused or dropped connection, a body we cannot read (empty, not
-UTF-8, not text, too large). Another 4xx is a business "no" from a healthy
-partner: `PartnerRejected`, which the breaker excludes.
+UTF-8, not text, too large, compressed other than once with gzip or deflate).
+
+Every byte and second of a partner answer is bounded here, for `/offer` and
+for the dashboard's chaos relay alike (`PartnerClient.exchange`): the whole
+call within `PARTNER_TIMEOUT`, and the body read to a limit counted on the
+wire and again as it is decompressed, one bounded step at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -31,6 +46,16 @@ MAX_OFFER_BYTES = 64 * 1024
 # Enough keep-alive connections for the load we measured (50 concurrent
 # requests) so that no request waits for, or pays to open, a connection.
 MAX_CONNECTIONS = 200
+# The content codings we ask for and decode; zlib's window bits for each.
+# httpx would also ask for br and zstd when their packages are installed.
+DECODERS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+ACCEPT_ENCODING = "gzip, deflate"
+# errno values that mean this process, or this machine, is out of something:
+# descriptors (EMFILE, ENFILE), buffers or memory, local ports (EADDRNOTAVAIL).
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL})
+# Local trouble comes in bursts of thousands of requests: one line when it
+# starts, then one line with the count at most this often.
+LOCAL_TROUBLE_LOG_INTERVAL = 10.0
 
 
 HttpClientFactory = Callable[[OfferSettings], AbstractAsyncContextManager[httpx.AsyncClient]]
@@ -44,6 +69,21 @@ class PartnerFailure(Exception):
         self.reason = reason
 
 
+class LocalResourceError(Exception):
+    """This process could not call the partner: out of file descriptors, buffers or
+    free connections. Not the partner's fault, so not a failure of the partner.
+
+    Measured before this existed: an offer service at its open-files limit
+    could not connect to a healthy partner, counted three
+    `partner-connection-error`s and opened the circuit, with nothing logged.
+    """
+
+    reason = "local-resource-exhausted"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"{self.reason}: {detail}")
+
+
 @asynccontextmanager
 async def http_client(settings: OfferSettings) -> AsyncIterator[httpx.AsyncClient]:
     """One `httpx.AsyncClient` for the app's life, on aiohttp's connection pool.
@@ -51,55 +91,44 @@ async def http_client(settings: OfferSettings) -> AsyncIterator[httpx.AsyncClien
     httpx's own pool is the bottleneck under concurrency: behind 50 concurrent
     requests a shared default `AsyncClient` did a few hundred requests per
     second where the `httpx-aiohttp` transport did thousands (see `bench/`).
-    The transport keeps httpx's API, its logging and its exceptions.
+    The transport keeps httpx's API, its logging and its exceptions. It asks
+    aiohttp for the body as sent (`auto_decompress=False`); decoding it is
+    `read_body`'s job, never httpx's, which would inflate a chunk whole.
     """
     limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS)
     transport = AiohttpTransport(limits=limits, trust_env=False)
     timeout = httpx.Timeout(settings.partner_timeout)
     async with httpx.AsyncClient(
-        transport=transport, base_url=settings.partner_offer_url, timeout=timeout, trust_env=False
+        transport=transport,
+        base_url=settings.partner_offer_url,
+        timeout=timeout,
+        trust_env=False,
+        headers={"Accept-Encoding": ACCEPT_ENCODING},
     ) as client:
         yield client
 
 
 class PartnerClient:
-    """Fetches a hot offer, turning every way the partner can be sick into `PartnerFailure`."""
+    """Calls the partner, turning every way it can be sick into `PartnerFailure`."""
 
-    def __init__(self, client: httpx.AsyncClient, timeout: float) -> None:
-        self._client = client
+    def __init__(
+        self, client: httpx.AsyncClient, timeout: float, max_connections: int = MAX_CONNECTIONS
+    ) -> None:
+        self.client = client
         self._timeout = timeout
         # Building an httpx.Request parses and merges URL and headers: about a
         # third of the client's CPU per call, measured. This request never
         # changes and httpx does not modify a request it sends, so it is built once.
         self._request = client.build_request("GET", HOT_OFFER_PATH)
+        # The aiohttp transport reports a wait for a free connection and a slow
+        # connect the same way (a timeout); counting the calls in flight here
+        # tells them apart: waiting for a slot is this process's limit.
+        self._slots = asyncio.Semaphore(max_connections)
+        self._max_connections = max_connections
+        self._local_trouble = OncePerBurst(log, "cannot call the partner, this process is out of resources")
 
     async def fetch_hot_offer(self) -> str:
-        # httpx's timeouts apply to each connect, read or write; a partner that
-        # drips its body one byte at a time never trips them. This one bounds
-        # the whole call.
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self._timeout):
-                response = await self._client.send(self._request, stream=True)
-                try:
-                    body = await _read_capped(response)
-                finally:
-                    await response.aclose()
-        except TimeoutError:
-            raise PartnerFailure("partner-timeout", f"no answer within {self._timeout}s") from None
-        except httpx.TransportError as exc:
-            raise PartnerFailure(_transport_reason(exc), repr(exc.__cause__ or exc)) from exc
-        except PartnerFailure:
-            raise
-        except Exception as exc:
-            # Whatever else the partner's bytes make the HTTP stack raise (aiohttp's
-            # "bad status line" for a 1xx, say, which the transport does not map)
-            # is a broken answer: a failure and a fallback, never a 500.
-            log.warning("partner answer could not be read: %r", exc)
-            raise PartnerFailure("partner-protocol-error", repr(exc)) from exc
-        finally:
-            metrics.PARTNER_LATENCY.observe(time.perf_counter() - started)
-
+        response, body = await self.exchange(self._request, MAX_OFFER_BYTES)
         status = response.status_code
         # 429 is a partner asking for relief, which is what an open circuit gives it.
         if 400 <= status < 500 and status != 429:
@@ -108,7 +137,7 @@ class PartnerClient:
             raise PartnerFailure(f"partner-status-{status}")
         content_type = response.headers.get("content-type", "text/plain")
         if not content_type.startswith("text/"):
-            raise PartnerFailure("partner-bad-body", f"content type {content_type}, not text")
+            raise PartnerFailure("partner-bad-body", f"content type {content_type[:40]!r}, not text")
         try:
             offer = body.decode("utf-8").strip()
         except UnicodeDecodeError:
@@ -117,14 +146,124 @@ class PartnerClient:
             raise PartnerFailure("partner-bad-body", "empty")
         return offer
 
+    async def exchange(self, request: httpx.Request, limit: int) -> tuple[httpx.Response, bytes]:
+        """Send `request`, read the answer's body decoded to `limit` bytes at most, and close it.
 
-async def _read_capped(response: httpx.Response) -> bytes:
+        All of it within the timeout: httpx's timeouts apply to each connect,
+        read or write, and a partner that drips its body one byte at a time
+        never trips them. Raises `PartnerFailure` or `LocalResourceError`.
+        """
+        started = time.perf_counter()
+        has_slot = False
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._slots:
+                    has_slot = True
+                    response = await self.client.send(request, stream=True)
+                    try:
+                        body = await read_body(response, limit)
+                    finally:
+                        await response.aclose()
+        except TimeoutError:
+            if not has_slot:
+                detail = f"all {self._max_connections} connections to the partner busy for {self._timeout}s"
+                raise self._local(detail) from None
+            raise PartnerFailure("partner-timeout", f"no answer within {self._timeout}s") from None
+        except PartnerFailure:
+            raise
+        except Exception as exc:
+            if (cause := _local_cause(exc)) is not None:
+                raise self._local(str(cause)) from exc
+            if isinstance(exc, httpx.TransportError):
+                raise PartnerFailure(_transport_reason(exc), repr(exc.__cause__ or exc)) from exc
+            # Whatever else the partner's bytes make the HTTP stack raise (aiohttp's
+            # "bad status line" for a 1xx, say, which the transport does not map)
+            # is a broken answer: a failure and a fallback, never a 500.
+            log.warning("partner answer could not be read: %r", exc)
+            raise PartnerFailure("partner-protocol-error", repr(exc)) from exc
+        finally:
+            if has_slot:
+                metrics.PARTNER_LATENCY.observe(time.perf_counter() - started)
+        return response, body
+
+    def _local(self, detail: str) -> LocalResourceError:
+        self._local_trouble.occurred(detail)
+        return LocalResourceError(detail)
+
+
+async def read_body(response: httpx.Response, limit: int) -> bytes:
+    """The body of a streamed `response`, decoded, or `PartnerFailure("partner-bad-body")`.
+
+    httpx's own decoding (`aiter_bytes`) inflates each chunk whole and a
+    nested coding ("gzip, gzip") in one call: a 2 KB answer with 1 GiB of
+    zeros inside took the offer service's memory up by 2 GiB and blocked its
+    event loop for 5 s. Here the raw bytes are counted against `limit`, and
+    each decompression step may produce at most the room left under
+    `limit`, so memory and time per step stay bounded whatever the ratio.
+    One content coding at most, gzip or deflate: anything else is refused
+    before a byte is decoded.
+    """
+    decompressor = _decompressor(response.headers.get("content-encoding", ""))
     body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > MAX_OFFER_BYTES:
-            raise PartnerFailure("partner-bad-body", f"larger than {MAX_OFFER_BYTES} bytes")
+    received = 0
+    async for chunk in response.aiter_raw():
+        received += len(chunk)
+        if received > limit:
+            raise PartnerFailure("partner-bad-body", f"larger than {limit} bytes")
+        if decompressor is None:
+            body += chunk
+        else:
+            _inflate(decompressor, chunk, body, limit)
+        if len(body) > limit:
+            raise PartnerFailure("partner-bad-body", f"larger than {limit} bytes decoded")
+    if decompressor is not None and not decompressor.eof:
+        raise PartnerFailure("partner-bad-body", "compressed body cut short")
     return bytes(body)
+
+
+def _decompressor(content_encoding: str) -> zlib._Decompress | None:
+    codings = [
+        c for c in (c.strip().lower() for c in content_encoding.split(",")) if c not in ("", "identity")
+    ]
+    if not codings:
+        return None
+    if len(codings) > 1:
+        raise PartnerFailure("partner-bad-body", f"nested content codings {content_encoding[:40]!r}")
+    wbits = DECODERS.get(codings[0])
+    if wbits is None:
+        raise PartnerFailure("partner-bad-body", f"content coding {codings[0][:40]!r} not accepted")
+    return zlib.decompressobj(wbits)
+
+
+def _inflate(decompressor: zlib._Decompress, data: bytes, body: bytearray, limit: int) -> None:
+    """Decompress `data` into `body`, never more than one byte past `limit` in one step."""
+    try:
+        while data:
+            if decompressor.eof:
+                raise PartnerFailure("partner-bad-body", "data after the end of the compressed body")
+            # At least 1 (the body is at most `limit` here): a max_length of 0 means no limit.
+            body += decompressor.decompress(data, limit + 1 - len(body))
+            if len(body) > limit:
+                return
+            data = decompressor.unconsumed_tail or decompressor.unused_data
+    except zlib.error as exc:
+        raise PartnerFailure("partner-bad-body", f"cannot decompress: {exc}") from None
+
+
+def _local_cause(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc` that says this process is out of a resource, if any.
+
+    aiohttp wraps the OSError of a failed `socket()` or `connect()` in its own
+    error, which the transport wraps again in an httpx one: the chain says.
+    """
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in LOCAL_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _transport_reason(exc: httpx.TransportError) -> str:
@@ -141,3 +280,35 @@ def _transport_reason(exc: httpx.TransportError) -> str:
     ):
         return "partner-timeout"
     return "partner-connection-error"
+
+
+class OncePerBurst:
+    """Logs the first of a burst of like events at once, then how many more, at most every `interval` s.
+
+    Python's logging has no rate limit; one line per request would be
+    thousands of lines a second in exactly the moment someone reads the log.
+    """
+
+    def __init__(
+        self, logger: logging.Logger, what: str, interval: float = LOCAL_TROUBLE_LOG_INTERVAL
+    ) -> None:
+        self._log = logger
+        self._what = what
+        self._interval = interval
+        self._more = 0
+        self._summary: asyncio.TimerHandle | None = None
+
+    def occurred(self, detail: str) -> None:
+        if self._summary is not None:
+            self._more += 1
+            return
+        self._log.warning("%s: %s (not counted against the partner)", self._what, detail)
+        self._summary = asyncio.get_running_loop().call_later(self._interval, self._summarise)
+
+    def _summarise(self) -> None:
+        if not self._more:
+            self._summary = None  # the burst is over: the next one starts with its own first line
+            return
+        self._log.warning("%s: %d more times in the last %gs", self._what, self._more, self._interval)
+        self._more = 0
+        self._summary = asyncio.get_running_loop().call_later(self._interval, self._summarise)

@@ -312,3 +312,24 @@ def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[
     return subprocess.run(
         [sys.executable, *args], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout
     )
+
+
+def peak_memory_bytes(pid: int) -> int:
+    """The process's peak resident memory so far (Linux's `VmHWM`): exact, where sampling
+    the current size (psutil's `rss`) could miss a spike between two samples."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise ValueError(f"no VmHWM for process {pid}")
+
+
+def with_open_files_limit(service: Service, limit: int) -> Service:
+    """`service`, not yet started, run with at most `limit` open files (RLIMIT_NOFILE)."""
+    setting = (
+        "import os, resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit})); "
+        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    )
+    service.args = [sys.executable, "-c", setting, *service.args[1:]]
+    return service

@@ -4,22 +4,27 @@ README says, and never a 500 or a stuck request."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 
-from tests.processes import Service, free_port, uvicorn_service
+from tests.partner_stand_ins import (
+    Behaviour,
+    HostilePartner,
+    answering,
+    gzip_bomb,
+    gzipped,
+    head,
+    one_gibibyte_of_zeros_gzipped,
+)
+from tests.processes import Service, peak_memory_bytes, uvicorn_service
 
 PARTNER_TIMEOUT = 0.5
-Behaviour = Callable[[asyncio.StreamWriter], Awaitable[None]]
-
-
-def head(status: str, content_type: str = "text/plain", length: int | None = None, extra: str = "") -> bytes:
-    size = f"Content-Length: {length}\r\n" if length is not None else ""
-    return f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n{size}{extra}Connection: close\r\n\r\n".encode()
 
 
 async def empty(writer: asyncio.StreamWriter) -> None:
@@ -70,46 +75,38 @@ async def not_found(writer: asyncio.StreamWriter) -> None:
     writer.write(head("404 Not Found", length=0))
 
 
-class HostilePartner:
-    """An HTTP server, in a thread of the test process, whose answer a test chooses."""
+OFFER = b"Hot offer 00:00"
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.behaviour: Behaviour = empty
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
-        self._ready.set()
-        self._loop.run_forever()
-        server.close()
+async def nested_gzip_bomb(writer: asyncio.StreamWriter) -> None:
+    """About 2 KB on the wire, 1 GiB of zeros inside two layers of gzip."""
+    await answering(gzip_bomb(), encoding="gzip, gzip")(writer)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            await self.behaviour(writer)
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
 
-    def __enter__(self) -> HostilePartner:
-        self._thread.start()
-        self._ready.wait(5)
-        return self
+async def one_gibibyte_gzipped(writer: asyncio.StreamWriter) -> None:
+    await answering(one_gibibyte_of_zeros_gzipped(), encoding="gzip")(writer)
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+
+async def unknown_encoding(writer: asyncio.StreamWriter) -> None:
+    await answering(OFFER, encoding="br")(writer)
+
+
+async def gzip_cut_short(writer: asyncio.StreamWriter) -> None:
+    await answering(gzipped([OFFER])[:-8], encoding="gzip")(writer)
+
+
+async def gzip_then_more(writer: asyncio.StreamWriter) -> None:
+    await answering(gzipped([OFFER]) + gzipped([OFFER]), encoding="gzip")(writer)
+
+
+async def gzip_that_is_not(writer: asyncio.StreamWriter) -> None:
+    await answering(OFFER, encoding="gzip")(writer)
 
 
 @pytest.fixture(scope="module")
 def hostile() -> Iterator[HostilePartner]:
+    # Built before any answer is timed: a couple of seconds of compressing.
+    gzip_bomb()
     with HostilePartner() as partner:
         yield partner
 
@@ -119,7 +116,7 @@ def offers(hostile: HostilePartner, tmp_path_factory: pytest.TempPathFactory) ->
     env = {
         "PARTNER_OFFER_URL": hostile.url,
         "PARTNER_TIMEOUT": str(PARTNER_TIMEOUT),
-        "CIRCUIT_FAIL_MAX": "1000",
+        "CIRCUIT_FAIL_MAX": "1000000",  # every answer reaches the partner, however many
     }
     log_dir: Path = tmp_path_factory.mktemp("hostile")
     with uvicorn_service("offer_service:app", env=env, log_dir=log_dir) as service:
@@ -135,6 +132,12 @@ CASES = [
     (redirect_loop, "partner-status-302", "failure"),
     (too_many_requests, "partner-status-429", "failure"),
     (reset_mid_body, "partner-connection-error", "failure"),
+    (nested_gzip_bomb, "partner-bad-body", "failure"),
+    (one_gibibyte_gzipped, "partner-bad-body", "failure"),
+    (unknown_encoding, "partner-bad-body", "failure"),
+    (gzip_cut_short, "partner-bad-body", "failure"),
+    (gzip_then_more, "partner-bad-body", "failure"),
+    (gzip_that_is_not, "partner-bad-body", "failure"),
     (
         not_found,
         "partner-status-404",
@@ -178,3 +181,55 @@ def test_an_answer_that_is_not_http_is_a_protocol_failure(
     response = offers.get("/offer")
     assert response.status_code == 200
     assert response.headers["x-fallback-reason"] in ("partner-protocol-error", "partner-connection-error")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "deflate", "identity", "GZIP", "identity, gzip"])
+def test_a_hot_offer_compressed_once_is_read(hostile: HostilePartner, offers: Service, encoding: str) -> None:
+    body = gzipped([OFFER]) if "gzip" in encoding.lower() else OFFER
+    if encoding == "deflate":
+        body = zlib.compress(OFFER)
+    hostile.behaviour = answering(body, encoding=encoding)
+    response = offers.get("/offer")
+    assert response.headers["x-offer-source"] == "partner"
+    assert response.json() == OFFER.decode()
+
+
+@pytest.mark.timeout(90)
+async def test_compression_bombs_cost_neither_memory_nor_time(
+    hostile: HostilePartner, offers: Service
+) -> None:
+    """10 clients for 5 s against a 2 KB answer with 1 GiB inside, and /health beside them.
+
+    Measured before the body was decoded in bounded steps: the service's peak
+    memory up by 2 GiB for one answer (11 GiB under this load), one /offer
+    6.3 s with PARTNER_TIMEOUT=1, /offer and /health up to 53 s under load.
+    """
+    assert offers.process is not None
+    service = psutil.Process(offers.process.pid)
+    hostile.behaviour = nested_gzip_bomb
+    offers.get("/offer")  # every code path loaded before the baseline
+    before = service.memory_info().rss
+    slowest = {"/offer": 0.0, "/health": 0.0}
+    reasons: dict[str, int] = {}
+    end = time.monotonic() + 5
+
+    async def client(http: httpx.AsyncClient, path: str) -> None:
+        while time.monotonic() < end:
+            started = time.monotonic()
+            response = await http.get(offers.url + path)
+            slowest[path] = max(slowest[path], time.monotonic() - started)
+            assert response.status_code == 200
+            if path == "/offer":
+                reason = response.headers["x-fallback-reason"]
+                reasons[reason] = reasons.get(reason, 0) + 1
+            else:
+                await asyncio.sleep(0.05)
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        await asyncio.gather(*[client(http, "/offer") for _ in range(10)], client(http, "/health"))
+    grown = peak_memory_bytes(service.pid) - before
+    print(f"answers {reasons}, slowest {slowest}, peak memory up by {grown / 2**20:.1f} MiB")
+    assert set(reasons) == {"partner-bad-body"}
+    assert slowest["/offer"] < PARTNER_TIMEOUT + 0.5
+    assert slowest["/health"] < PARTNER_TIMEOUT + 0.5
+    assert grown < 50 * 2**20

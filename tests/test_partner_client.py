@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
+import zlib
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -10,16 +13,34 @@ import pytest
 from circuit_breaker import PartnerRejected
 from partner_client import MAX_OFFER_BYTES, PartnerClient, PartnerFailure, http_client
 from settings import OfferSettings
+from tests.partner_stand_ins import gzipped, one_gibibyte_of_zeros_gzipped
 from tests.processes import free_port
 
 
+class Chunked(httpx.AsyncByteStream):
+    """A body in 16 KiB chunks, as the aiohttp transport hands it over."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self._body), 16 * 1024):
+            yield self._body[start : start + 16 * 1024]
+
+
 def partner_answering(
-    status: int = 200, body: bytes = b"Hot offer 24:48", delay: float = 0.0, content_type: str = "text/plain"
+    status: int = 200,
+    body: bytes = b"Hot offer 24:48",
+    delay: float = 0.0,
+    content_type: str = "text/plain",
+    encoding: str | None = None,
 ) -> PartnerClient:
     async def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/offer/hot"
         await asyncio.sleep(delay)
-        return httpx.Response(status, content=body, headers={"content-type": content_type})
+        headers = {"content-type": content_type, **({"content-encoding": encoding} if encoding else {})}
+        # A stream, as a real transport gives: `content=` would hand over a body already read.
+        return httpx.Response(status, stream=Chunked(body), headers=headers)
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://partner")
     return PartnerClient(client, timeout=0.2)
@@ -114,3 +135,43 @@ async def test_a_connection_reset_mid_body_is_a_connection_error() -> None:
     settings = OfferSettings(partner_offer_url=f"http://127.0.0.1:{port}", partner_timeout=2)
     async with server, http_client(settings) as client:
         assert await reason_for(PartnerClient(client, settings.partner_timeout)) == "partner-connection-error"
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [
+        ("gzip", gzipped([b"Hot offer 24:48"])),
+        ("deflate", zlib.compress(b"Hot offer 24:48")),
+        ("identity", b"Hot offer 24:48"),
+    ],
+)
+async def test_a_body_compressed_once_is_decoded(encoding: str, body: bytes) -> None:
+    assert await partner_answering(body=body, encoding=encoding).fetch_hot_offer() == "Hot offer 24:48"
+
+
+@pytest.mark.parametrize("encoding", ["gzip, gzip", "gzip, deflate", "br", "zstd", "compress"])
+async def test_a_nested_or_unknown_coding_is_refused_before_decoding(encoding: str) -> None:
+    body = gzipped([gzipped([b"Hot offer 24:48"])])
+    assert await reason_for(partner_answering(body=body, encoding=encoding)) == "partner-bad-body"
+
+
+@pytest.mark.parametrize("size", [MAX_OFFER_BYTES, MAX_OFFER_BYTES + 1])
+async def test_the_limit_applies_to_the_decoded_body(size: int) -> None:
+    body = gzipped([b"x" * size])
+    partner = partner_answering(body=body, encoding="gzip")
+    if size > MAX_OFFER_BYTES:
+        assert await reason_for(partner) == "partner-bad-body"
+    else:
+        assert len(await partner.fetch_hot_offer()) == size
+
+
+async def test_a_compression_bomb_is_never_inflated_past_the_limit() -> None:
+    """1 GiB of zeros in 1 MB of gzip: decoding stops one step past 64 KiB."""
+    partner = partner_answering(body=one_gibibyte_of_zeros_gzipped(), encoding="gzip")
+    tracemalloc.start()
+    try:
+        assert await reason_for(partner) == "partner-bad-body"
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MAX_OFFER_BYTES
