@@ -13,14 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 
 import metrics
 from admin import ADMIN_RESPONSES, BODY_RESPONSES
 from chaos import Chaos
+from chaos_relay import relay
 from circuit_breaker import AsyncCircuitBreaker
 from circuit_events import CircuitObserver
 
@@ -122,16 +122,3 @@ def build_router(admin: Any) -> APIRouter:
         return Response(body, media_type=content_type)
 
     return router
-
-
-async def relay(request: Request, method: str, body: str | None = None) -> Response:
-    """Pass a chaos request to the partner, with the caller's Authorization, outside the breaker."""
-    client: httpx.AsyncClient = request.app.state.http_client
-    headers = {"content-type": "application/json"}
-    if "authorization" in request.headers:
-        headers["authorization"] = request.headers["authorization"]
-    try:
-        answer = await client.request(method, "/chaos", content=body, headers=headers)
-    except httpx.HTTPError as exc:
-        raise HTTPException(502, f"the partner did not answer: {exc!r}") from None
-    return Response(answer.content, answer.status_code, media_type=answer.headers.get("content-type"))
