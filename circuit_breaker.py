@@ -22,15 +22,19 @@ this module adds is what an asyncio service needs and pybreaker lacks:
 4. **Calls still waiting when the circuit opens are cut short.** The breaker
    has just decided the partner is sick; those callers get the fallback now
    instead of waiting out their timeout.
+5. **One clock for the open period.** pybreaker compares `opened_at` with
+   `datetime.now()`: a wall clock that can jump, and with shared state the
+   clock of another host. Here the open period is measured on the event
+   loop's monotonic clock (injectable, so tests move time instead of waiting).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pybreaker
@@ -89,9 +93,14 @@ class LogListener(pybreaker.CircuitBreakerListener):
 
 @dataclass(frozen=True)
 class Ticket:
-    """Permission for one call: the state that admitted it, and whether it is the trial."""
+    """Permission for one call: the generation that admitted it, and whether it is the trial.
+
+    The generation is pybreaker's state object (a new one on every local
+    transition) and, with shared state, the fleet's version of the circuit
+    (a new one on every transition anywhere in the fleet)."""
 
     state: pybreaker.CircuitBreakerState
+    generation: int
     is_trial: bool
 
 
@@ -110,12 +119,28 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
     slow for up to another `PARTNER_TIMEOUT` for nothing.
     """
 
-    def __init__(self, breaker: pybreaker.CircuitBreaker, shared: SharedCircuitState | None = None) -> None:
+    def __init__(
+        self,
+        breaker: pybreaker.CircuitBreaker,
+        shared: SharedCircuitState | None = None,
+        not_counted: tuple[type[BaseException], ...] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`not_counted`: errors that say nothing about the partner (this process's own
+        trouble): the call's permit is handed back, neither success nor failure is recorded."""
         self.breaker = breaker
         self.shared = shared
+        self._not_counted = not_counted
+        self._clock = clock
+        self._opened_clock: float | None = None
+        self._forced = 0  # an operator's close of a closed circuit starts a generation too
         self._trial_in_flight = False
         self._waiting: set[asyncio.Timeout] = set()
         breaker.add_listener(self)
+        if shared is not None:
+            # Heard from the fleet: let pybreaker notice now (listeners, cut-short calls),
+            # not on this process's next request.
+            shared.on_change = lambda: self.breaker.state
 
     async def call(self, func: Callable[[], Awaitable[T]]) -> T:
         """Await `func()` if the circuit allows it; raise `CircuitOpen` if not."""
@@ -134,6 +159,9 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
                 raise
             self._release(ticket)
             raise CircuitOpen("circuit-opened") from None
+        except self._not_counted:
+            self._release(ticket)
+            raise
         except Exception as exc:
             self._record(ticket, exc)
             raise
@@ -151,10 +179,14 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
     ) -> None:
         """pybreaker's listener hook: when the circuit opens, here or elsewhere in the
         fleet, end every call still waiting on the partner now."""
-        if new_state.name == pybreaker.STATE_OPEN and self._waiting:
+        if new_state.name != pybreaker.STATE_OPEN:
+            return
+        self._opened_clock = self._clock()
+        if self._waiting:
             now = asyncio.get_running_loop().time()
             for waiting in self._waiting:
-                waiting.reschedule(now)
+                if not waiting.expired():  # one already ending cannot be rescheduled
+                    waiting.reschedule(now)
 
     @property
     def state_name(self) -> str:
@@ -171,7 +203,11 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
             is_trial = state.name == pybreaker.STATE_HALF_OPEN
         for listener in self.breaker.listeners:
             listener.before_call(self.breaker, func)
-        return Ticket(state, is_trial)
+        return Ticket(state, self._generation(), is_trial)
+
+    def _generation(self) -> int:
+        # Both counters only grow, so their sum changes whenever either does.
+        return self._forced + (self.shared.generation if self.shared else 0)
 
     async def _begin_trial(self) -> pybreaker.CircuitBreakerState:
         """Claim the one trial call: this process's, then (shared state) the fleet's."""
@@ -179,6 +215,8 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
             raise CircuitOpen("trial-in-flight")
         self._trial_in_flight = True  # claimed before the await, so no other caller slips in
         try:
+            # A caller cancelled while asking Redis gets its CancelledError here,
+            # whatever the Redis client does with it, and the lease goes back.
             verdict = await self.shared.acquire_trial() if self.shared else "granted"
         except BaseException:
             self._trial_in_flight = False
@@ -193,7 +231,7 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
 
     def _record(self, ticket: Ticket, error: Exception | None) -> None:
         try:
-            if self.breaker.state is not ticket.state:
+            if self.breaker.state is not ticket.state or self._generation() != ticket.generation:
                 log.debug("%s: ignoring an outcome from an earlier state", self.breaker.name)
             elif error is None:
                 ticket.state._handle_success()
@@ -213,11 +251,30 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
                 self.shared.release_trial()
 
     def seconds_until_trial(self) -> float:
-        opened_at = self.breaker._state_storage.opened_at
-        if opened_at is None:
+        if self.shared is not None:
+            return self.shared.seconds_until_trial()
+        if self._opened_clock is None:
             return 0.0
-        trial_at = opened_at + timedelta(seconds=self.breaker.reset_timeout)
-        return max(0.0, (trial_at - datetime.now(UTC)).total_seconds())
+        return max(0.0, self._opened_clock + self.breaker.reset_timeout - self._clock())
+
+    # An operator's hand on the circuit: for the whole fleet with shared state.
+
+    def force_open(self) -> None:
+        """Open now. Forcing a state the circuit is already in records no transition."""
+        if self.breaker.state.name != pybreaker.STATE_OPEN:
+            self.breaker.open()
+        if self.shared:
+            self.shared.force(pybreaker.STATE_OPEN)
+
+    def force_close(self) -> None:
+        """Close now, fail counter at zero; outcomes of calls admitted before count for nothing."""
+        if self.breaker.state.name != pybreaker.STATE_CLOSED:
+            self.breaker.close()
+        else:
+            self._forced += 1
+            self.breaker._state_storage.reset_counter()
+        if self.shared:
+            self.shared.force(pybreaker.STATE_CLOSED)
 
     def snapshot(self) -> dict[str, Any]:
         """The circuit as `/offer/circuit` shows it."""
@@ -240,7 +297,10 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
 
 
 def build_breaker(
-    settings: OfferSettings, redis_client: Redis | RedisCluster | None = None
+    settings: OfferSettings,
+    redis_client: Redis | RedisCluster | None = None,
+    not_counted: tuple[type[BaseException], ...] = (),
+    clock: Callable[[], float] = time.monotonic,
 ) -> AsyncCircuitBreaker:
     """The breaker of the walkthrough: fail_max=3, reset_timeout=15 unless configured.
 
@@ -254,7 +314,12 @@ def build_breaker(
         # The trial's lease outlives the longest trial call, and expires if its holder dies.
         lease = settings.partner_timeout + 1
         storage = shared = SharedCircuitState(
-            redis_client, BREAKER_NAME, settings.circuit_fail_max, settings.circuit_reset_timeout, lease
+            redis_client,
+            BREAKER_NAME,
+            settings.circuit_fail_max,
+            settings.circuit_reset_timeout,
+            lease,
+            clock,
         )
     breaker = pybreaker.CircuitBreaker(
         fail_max=settings.circuit_fail_max,
@@ -264,4 +329,4 @@ def build_breaker(
         state_storage=storage,
         name=BREAKER_NAME,
     )
-    return AsyncCircuitBreaker(breaker, shared)
+    return AsyncCircuitBreaker(breaker, shared, not_counted, clock)

@@ -5,28 +5,54 @@ round trips per guarded call, measured at ~200 us each on a local Redis) and
 lets every process in half-open state call the partner. This storage keeps
 pybreaker as the state machine and changes where the state lives:
 
-- **A local view.** pybreaker reads state, fail counter and opened_at from
-  memory, so a request in a closed or open circuit never touches Redis.
-- **Writes go out in the background.** A failure, a reset or a transition is
-  applied to the local view at once and queued; a background task runs it in
-  Redis as one Lua script (atomic, so concurrent failures on several
-  instances trip the circuit once) and PUBLISHes the new state. Every
-  instance subscribes and updates its view within milliseconds; a refresh
-  every second catches a message that pub/sub dropped.
-- **Generations across the fleet.** Every transition bumps a `version` in
-  Redis; a write based on an older version is ignored, as a stale outcome is
-  in one process.
+- **A local view.** pybreaker reads state and fail counter from memory, so a
+  request in a closed or open circuit never touches Redis.
+- **Writes coalesce in the background.** A failure, a reset or a transition
+  changes the local view at once and joins an outbox; a background task sends
+  the whole outbox as one Lua script call (one round trip per batch, however
+  many calls failed meanwhile), so the outbox never grows with the request
+  rate. The script decides the trip on the fleet's count, atomically, and
+  PUBLISHes the new state; every instance subscribes, and a refresh every
+  second catches a message that pub/sub dropped. A batch that Redis did not
+  acknowledge is sent again after a reconnect, never silently dropped.
+- **Generations the fleet agrees on.** Every transition bumps a `version` in
+  Redis. Each write carries the version it was based on and Redis refuses a
+  write based on another one, so an outcome counts only against the
+  generation that admitted its call, whatever happened elsewhere meanwhile.
+- **One clock.** Redis stamps `opened_at` with its own clock and every
+  snapshot carries the open period's *age* on that clock; an instance turns
+  it into a deadline on its own monotonic clock the moment it hears it. Wall
+  clocks never meet, so skew between hosts changes nothing; the error is the
+  one-way delay of the message (milliseconds), and always errs on the side of
+  staying open a little longer.
+- **A record that can vanish.** A flush, an eviction, a `DEL` or a failover to
+  a replica that missed writes leaves Redis with no circuit, or an older one.
+  An instance notices within one refresh and seeds Redis from its own view:
+  open wins, and half-open counts as open (its trial's lease is gone too).
 - **One trial per fleet.** When the reset timeout has passed, the caller that
   wins a lease in Redis (SET NX with an expiry, so a prober that crashes
   cannot wedge the circuit) makes the trial call; every other caller in the
-  fleet gets the fallback.
+  fleet gets the fallback. A released lease is published, so instances that
+  were told "busy" may try again at once.
 - **Redis outages.** On the first error (short timeouts, no retries) the
   storage logs one line and carries on with the local view alone; it keeps
   trying in the background, logs one line when Redis is back and reconciles:
   an open circuit anywhere stays open.
+- **A shutdown that always ends.** redis-py 8.1 on Python 3.11 can swallow a
+  task's cancellation while it awaits a reply (a cancel that lands inside the
+  client's own `asyncio.timeout` block around a read: redis/redis-py#2028 and
+  #2551, the race CPython fixed for `wait_for` in 3.12; measured here: 147 of
+  200 cancelled EVALSHAs kept running on 3.11.7, none on 3.12.1). So every
+  round trip is awaited through `asyncio.shield`, which delivers the caller's
+  cancellation whatever the client does; the loops also check a stop flag,
+  and `stop()` closes the connections to break pending reads and waits a
+  bounded time, saying in one log line what it abandoned.
 
 Keys share the hash tag `{name}` so that one breaker lives in one Redis
-Cluster slot; opened_at is Redis server time in milliseconds.
+Cluster slot. The circuit needs its two keys to stay: run Redis with a
+`maxmemory-policy` of `noeviction` or a `volatile-*` one (the keys have no
+expiry, so those never evict them). Under `allkeys-*` an eviction is survived
+as a lost record (re-seeded within a second) but costs that second.
 """
 
 from __future__ import annotations
@@ -35,9 +61,10 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeVar
 
 import pybreaker
 from redis.asyncio import Redis, RedisCluster
@@ -47,55 +74,84 @@ from redis.retry import Retry
 
 log = logging.getLogger("redis_state")
 
+T = TypeVar("T")
+
 # Redis is local infrastructure: if it cannot answer in a quarter of a second
 # it is down for our purposes, and no request should wait longer on it.
 REDIS_TIMEOUT = 0.25
 REFRESH_INTERVAL = 1.0
 RECONNECT_INTERVAL = 0.5
+# Failures and resets coalesce into one entry, so the outbox holds a handful of
+# entries whatever the load; this bound only matters if transitions pile up
+# during a long outage, and the oldest of those are stale by then anyway.
+MAX_OUTBOX = 64
+STOP_TIMEOUT = 2.0
 Trial = Literal["granted", "busy", "open", "closed"]
 
 _SNAPSHOT = """
-local function snapshot()
-  local s = redis.call('HMGET', KEYS[1], 'state', 'fail_counter', 'opened_at', 'version')
-  return {s[1] or 'closed', s[2] or '0', s[3] or '', s[4] or '0'}
-end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- state, fail counter, age of the open period in ms on Redis's clock, version, exists
+local function snapshot()
+  local s = redis.call('HMGET', KEYS[1], 'state', 'fail_counter', 'opened_at', 'version')
+  local age = ''
+  if s[3] then age = tostring(now_ms() - tonumber(s[3])) end
+  return {s[1] or 'closed', s[2] or '0', age, s[4] or '0', tostring(redis.call('EXISTS', KEYS[1]))}
+end
 local function publish()
   redis.call('PUBLISH', ARGV[1], table.concat(snapshot(), ','))
 end
-local function transition(to)
+local function transition(to, open_age_ms)
   redis.call('HSET', KEYS[1], 'state', to)
   redis.call('HINCRBY', KEYS[1], 'version', 1)
-  if to == 'open' then redis.call('HSET', KEYS[1], 'opened_at', now_ms()) end
+  redis.call('HDEL', KEYS[1], 'seeded')
+  if to == 'open' then redis.call('HSET', KEYS[1], 'opened_at', now_ms() - (open_age_ms or 0)) end
   if to == 'closed' then redis.call('HSET', KEYS[1], 'fail_counter', 0) end
   if to ~= 'half-open' then redis.call('DEL', KEYS[2]) end
 end
 """
 
-# KEYS: circuit hash, trial lease. ARGV: channel, op, version the op is based on, fail_max.
+# KEYS: circuit hash, trial lease. ARGV: channel, fail_max, then entries of three:
+# op, the version it is based on, a count. An entry based on another version is
+# stale and refused; a forced one applies whatever the version.
 _APPLY = (
     _SNAPSHOT
     + """
-local state, _, _, version = unpack(snapshot())
-local op = ARGV[2]
-if op ~= 'force-open' and version ~= ARGV[3] then return snapshot() end
-if op == 'failure' then
-  local count = redis.call('HINCRBY', KEYS[1], 'fail_counter', 1)
-  if state == 'closed' and count >= tonumber(ARGV[4]) then transition('open') end
-elseif op == 'reset' then
-  if state ~= 'closed' or redis.call('HGET', KEYS[1], 'fail_counter') == '0' then return snapshot() end
-  redis.call('HSET', KEYS[1], 'fail_counter', 0)
-elseif op == 'open' or op == 'force-open' then
-  if state == 'open' then return snapshot() end
-  transition('open')
-elseif op == 'close' then
-  if state == 'closed' then return snapshot() end
-  transition('closed')
+local fail_max = tonumber(ARGV[2])
+local changed = false
+for i = 3, #ARGV, 3 do
+  local op, base, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local s = redis.call('HMGET', KEYS[1], 'state', 'version', 'fail_counter')
+  local state, version = s[1] or 'closed', s[2] or '0'
+  local current = (op == 'force-open' or op == 'force-close') or (s[2] and version == base)
+  if current then
+    if op == 'failures' or op == 'reset-failures' then
+      if op == 'reset-failures' then redis.call('HSET', KEYS[1], 'fail_counter', 0) end
+      local count = redis.call('HINCRBY', KEYS[1], 'fail_counter', n)
+      if state == 'closed' and count >= fail_max then transition('open') end
+      changed = true
+    elseif op == 'open' or op == 'force-open' then
+      -- A closed circuit opens on the fleet's count, not on one instance's view of it.
+      if state == 'half-open' or op == 'force-open' and state ~= 'open'
+         or state == 'closed' and tonumber(s[3] or '0') >= fail_max then
+        transition('open'); changed = true
+      end
+    elseif op == 'close' or op == 'force-close' then
+      if state ~= 'closed' then
+        transition('closed'); changed = true
+      elseif op == 'force-close' then
+        -- Already closed: no transition, but a new generation with a clean count,
+        -- so that calls admitted before the operator's close count for nothing.
+        redis.call('HSET', KEYS[1], 'fail_counter', 0)
+        redis.call('HINCRBY', KEYS[1], 'version', 1)
+        changed = true
+      end
+    end
+  end
 end
-publish()
+if changed then publish() end
 return snapshot()
 """
 )
@@ -104,39 +160,85 @@ return snapshot()
 _ACQUIRE_TRIAL = (
     _SNAPSHOT
     + """
-local state, _, opened_at = unpack(snapshot())
-if state == 'closed' then return {'closed', unpack(snapshot())} end
-if state == 'open' and opened_at ~= '' and now_ms() < tonumber(opened_at) + tonumber(ARGV[2]) then
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost', unpack(snapshot())} end
+local s = redis.call('HMGET', KEYS[1], 'state', 'opened_at')
+if s[1] == 'closed' then return {'closed', unpack(snapshot())} end
+if s[1] == 'open' and s[2] and now_ms() < tonumber(s[2]) + tonumber(ARGV[2]) then
   return {'open', unpack(snapshot())}
 end
 if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then return {'busy', unpack(snapshot())} end
-if state == 'open' then transition('half-open'); publish() end
+if s[1] == 'open' then transition('half-open'); publish() end
 return {'granted', unpack(snapshot())}
+"""
+)
+
+# KEYS: circuit hash, trial lease. ARGV: channel, owner.
+_RELEASE_TRIAL = (
+    _SNAPSHOT
+    + """
+if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]); publish() end
+"""
+)
+
+# KEYS: circuit hash. ARGV: channel, fail_max, reset timeout ms. Creates the circuit
+# if there is none; returns its snapshot and the settings its first writer gave it.
+_INIT = (
+    _SNAPSHOT
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'state', 'closed', 'fail_counter', 0, 'version', 1)
+end
+redis.call('HSETNX', KEYS[1], 'fail_max', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'reset_timeout_ms', ARGV[3])
+local settings = redis.call('HMGET', KEYS[1], 'fail_max', 'reset_timeout_ms')
+local reply = snapshot()
+table.insert(reply, settings[1]); table.insert(reply, settings[2])
+return reply
+"""
+)
+
+# KEYS: circuit hash, trial lease. ARGV: channel, state ('open' or 'closed'),
+# fail counter, age of the open period in ms, the version this instance had seen.
+# Writes this instance's view where Redis lost the circuit; where another instance
+# seeded it first, an open view still wins over a seeded closed one.
+_SEED = (
+    _SNAPSHOT
+    + """
+local s = redis.call('HMGET', KEYS[1], 'state', 'version', 'seeded')
+local seen = tonumber(ARGV[5])
+if s[2] and tonumber(s[2]) >= seen then
+  if ARGV[2] == 'open' and s[1] == 'closed' and s[3] == '1' then
+    transition('open', tonumber(ARGV[4])); redis.call('HSET', KEYS[1], 'seeded', 1); publish()
+  end
+  return snapshot()
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'fail_counter', ARGV[3], 'version', seen + 1, 'seeded', 1)
+if ARGV[2] == 'open' then redis.call('HSET', KEYS[1], 'opened_at', now_ms() - tonumber(ARGV[4])) end
+redis.call('DEL', KEYS[2])
+publish()
+return snapshot()
 """
 )
 
 _READ = _SNAPSHOT + "return snapshot()"
 
-# KEYS: trial lease. ARGV: owner.
-_RELEASE_TRIAL = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-"""
-
 
 @dataclass(frozen=True)
 class Shared:
-    """The circuit as Redis holds it."""
+    """The circuit as Redis holds it; `open_age` is measured on Redis's clock."""
 
     state: str
     fail_counter: int
-    opened_at: datetime | None
+    open_age: float | None
     version: int
+    exists: bool
 
     @classmethod
-    def parse(cls, fields: list[bytes | str]) -> Shared:
-        state, counter, opened_at, version = (f.decode() if isinstance(f, bytes) else str(f) for f in fields)
-        opened = datetime.fromtimestamp(int(opened_at) / 1000, UTC) if opened_at else None
-        return cls(state, int(counter), opened, int(version))
+    def parse(cls, fields: list[Any]) -> Shared:
+        state, counter, age, version, exists = (
+            f.decode() if isinstance(f, bytes) else str(f) for f in fields[:5]
+        )
+        return cls(state, int(counter), int(age) / 1000 if age else None, int(version), exists == "1")
 
 
 def connect(url: str) -> Redis:
@@ -160,6 +262,30 @@ async def connect_cluster_aware(url: str) -> Redis | RedisCluster:
     return cluster
 
 
+async def shielded(awaitable: Awaitable[T], cancel_inner: bool = True) -> T:
+    """Await `awaitable` so that a cancellation of the caller always takes effect.
+
+    The Redis call runs as its own task; if the caller is cancelled, the
+    shield raises `CancelledError` in the caller at once, even if the client
+    swallows the cancellation it passes on to the call (see the module
+    docstring). The abandoned call ends by itself within the socket timeout;
+    `cancel_inner=False` lets it finish, for a caller that must see its result.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if cancel_inner:
+            task.cancel()
+        task.add_done_callback(_retrieve)
+        raise
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # an abandoned call's error is expected: don't log it as unretrieved
+
+
 class SharedCircuitState(pybreaker.CircuitBreakerStorage):
     """A pybreaker storage whose truth is in Redis and whose reads never leave the process."""
 
@@ -170,12 +296,15 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         fail_max: int,
         reset_timeout: float,
         lease_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__("redis")
         self._client = client
+        self._breaker_name = name
         self._fail_max = fail_max
         self._reset_timeout_ms = int(reset_timeout * 1000)
         self._lease_ms = int(lease_seconds * 1000)
+        self._clock = clock
         self._owner = uuid.uuid4().hex
         self._keys = [f"{{{name}}}:circuit", f"{{{name}}}:trial"]
         self._channel = f"{{{name}}}:changes"
@@ -183,19 +312,30 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         self._read_script = client.register_script(_READ)
         self._acquire = client.register_script(_ACQUIRE_TRIAL)
         self._release = client.register_script(_RELEASE_TRIAL)
+        self._init = client.register_script(_INIT)
+        self._seed = client.register_script(_SEED)
 
         self._state = pybreaker.STATE_CLOSED
         self._fail_counter = 0
         self._success_counter = 0
-        self._opened_at: datetime | None = None
-        self._version = 0
-        self._busy: tuple[int, float] | None = None  # (version, until): a lease another instance holds
+        self._opened_clock: float | None = None  # when the open period began, on `clock`
+        self._version = 0  # the latest version heard from Redis
+        self._next_base = 0  # the version the next write is based on
+        self.generation = 0  # bumped whenever the state or its version changes
+        self._busy_until: float | None = None  # another instance holds the trial lease
+        self.on_change: Callable[[], object] = lambda: None
 
         self.connected = False
-        self._outbox: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+        self._outbox: list[list[Any]] = []  # [op, base version, count]
+        self._in_flight: list[list[Any]] = []
+        self._dropped = 0
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._lost_record = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Future[None]] = set()  # fire-and-forget writes (a lease released)
 
-    # pybreaker's interface: the local view, plus a queued write for each change.
+    # pybreaker's interface: the local view, plus a write in the outbox for each change.
 
     @property
     def state(self) -> str:
@@ -203,18 +343,24 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
 
     @state.setter
     def state(self, state: str) -> None:
-        if state != self._state and state in (pybreaker.STATE_OPEN, pybreaker.STATE_CLOSED):
+        if state == self._state:
+            return
+        if state in (pybreaker.STATE_OPEN, pybreaker.STATE_CLOSED):
+            # A transition made here: Redis applies it only if no other got there first.
             self._send("open" if state == pybreaker.STATE_OPEN else "close")
-        self._state = state
+            self._next_base += 1
+        if state == pybreaker.STATE_OPEN:
+            self._opened_clock = self._clock()
+        self._change(state)
 
     def increment_counter(self) -> None:
         self._fail_counter += 1
-        self._send("failure")
+        self._count(reset=False)
 
     def reset_counter(self) -> None:
         if self._fail_counter:
             self._fail_counter = 0
-            self._send("reset")
+            self._count(reset=True)
 
     def increment_success_counter(self) -> None:
         self._success_counter += 1
@@ -232,11 +378,23 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
 
     @property
     def opened_at(self) -> datetime | None:
-        return self._opened_at
+        """For display: when the circuit opened, on this host's wall clock."""
+        if self._state != pybreaker.STATE_OPEN or self._opened_clock is None:
+            return None
+        return datetime.now(UTC) - timedelta(seconds=self._clock() - self._opened_clock)
 
     @opened_at.setter
     def opened_at(self, opened_at: datetime) -> None:
-        self._opened_at = opened_at  # Redis stamps its own time when the open reaches it
+        pass  # Redis stamps its own time; this process measures from the moment it opened
+
+    def seconds_until_trial(self) -> float:
+        if self._opened_clock is None:
+            return 0.0
+        return max(0.0, self._opened_clock + self._reset_timeout_ms / 1000 - self._clock())
+
+    def force(self, state: str) -> None:
+        """An operator's open or close: written to Redis whatever the version."""
+        self._send("force-open" if state == pybreaker.STATE_OPEN else "force-close")
 
     # The fleet's half-open trial.
 
@@ -245,63 +403,169 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         the reset timeout has passed. Without Redis, the process decides alone."""
         if not self.connected:
             return "granted"
-        if self._busy and self._busy[0] == self._version and time.monotonic() < self._busy[1]:
+        if self._busy_until is not None and self._clock() < self._busy_until:
             return "busy"
+        args: list[str | int] = [self._channel, self._reset_timeout_ms, self._lease_ms, self._owner]
+        call = asyncio.ensure_future(self._acquire(keys=self._keys, args=args))
         try:
-            reply = await self._acquire(
-                keys=self._keys, args=[self._channel, self._reset_timeout_ms, self._lease_ms, self._owner]
-            )
+            reply = await shielded(call, cancel_inner=False)
+        except asyncio.CancelledError:
+            # The caller gave up: if Redis granted the lease anyway, hand it back.
+            call.add_done_callback(self._release_if_granted)
+            raise
         except (RedisError, OSError) as exc:
             self._lose(exc)
             return "granted"
-        verdict: Trial = reply[0].decode()
-        self.adopt(Shared.parse(reply[1:]))
+        verdict = reply[0].decode()
+        if verdict == "lost":
+            self._suspect_lost()
+            return "open"
+        self._heard(Shared.parse(reply[1:]), authoritative=True)
         if verdict == "busy":
-            self._busy = (self._version, time.monotonic() + self._lease_ms / 1000)
-        return verdict
+            self._busy_until = self._clock() + self._lease_ms / 1000
+        return verdict  # type: ignore[no-any-return]
 
     def release_trial(self) -> None:
         """A trial that ended without an outcome (cancelled): let another caller try."""
         if self.connected:
-            self._background(self._release(keys=self._keys[1:], args=[self._owner]))
+            self._background(self._release(keys=self._keys, args=[self._channel, self._owner]))
+
+    def _release_if_granted(self, call: asyncio.Future[Any]) -> None:
+        if not call.cancelled() and call.exception() is None and call.result()[0] == b"granted":
+            self.release_trial()
 
     # Keeping the local view and Redis in step.
 
     async def start(self) -> None:
         """Load the shared state (Redis must answer now), then keep in step in the background."""
-        self.adopt(await self._read(), force=True)
+        reply = await shielded(
+            self._init(keys=self._keys, args=[self._channel, self._fail_max, self._reset_timeout_ms])
+        )
+        self._warn_if_settings_differ(reply[5], reply[6])
+        self._heard(Shared.parse(reply), authoritative=True, force=True)
         self.connected = True
         self._supervisor = asyncio.create_task(self._supervise(), name="redis-state")
 
     async def stop(self) -> None:
-        if self._supervisor:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
-        await self._client.aclose()
+        """Return within STOP_TIMEOUT whatever the client does with cancellation."""
+        self._stopping = True
+        started = time.monotonic()
+        tasks = {t for t in (self._supervisor, *self._pending) if t is not None and not t.done()}
+        await self._final_flush()
+        for task in tasks:
+            task.cancel()
+        _, still_running = await asyncio.wait(tasks, timeout=STOP_TIMEOUT / 4) if tasks else (set(), set())
+        # Closing the connections breaks any read still pending.
+        closing = asyncio.ensure_future(self._client.aclose())
+        left = max(0.05, STOP_TIMEOUT - (time.monotonic() - started))
+        _, abandoned = await asyncio.wait({closing, *still_running}, timeout=left)
+        if abandoned:
+            log.warning(
+                "stopped with %d Redis task(s) still running after %.1fs: abandoned", len(abandoned), left
+            )
 
-    def adopt(self, shared: Shared, force: bool = False) -> None:
-        """Take Redis's view, unless it is older than ours. At the same version, a local
-        transition on its way to Redis is kept: its reply will carry the next version."""
-        if shared.version < self._version and not force:
+    async def _final_flush(self) -> None:
+        pending = len(self._outbox)
+        if not pending or not self.connected:
+            if pending:
+                log.warning("stopped with %d unwritten circuit update(s): Redis was unreachable", pending)
             return
-        if shared.version == self._version and shared.state != self._state and not force:
+        batch, self._outbox = self._outbox, []
+        try:
+            await asyncio.wait_for(shielded(self._write(batch)), REDIS_TIMEOUT)
+        except (RedisError, OSError, TimeoutError):
+            log.warning("stopped with %d unwritten circuit update(s): Redis did not answer", len(batch))
+
+    def _heard(self, shared: Shared, authoritative: bool = False, force: bool = False) -> None:
+        """Take Redis's view, plus this process's writes that have not reached it yet.
+
+        `authoritative`: the reply to this process's own write or read, which
+        settles the writes it carried. A pub/sub message may overtake such a
+        reply; at the same version it does not undo local writes on their way
+        to Redis.
+        """
+        if not force and (not shared.exists or shared.version < self._version):
+            self._suspect_lost()
             return
-        self._state = shared.state
-        self._fail_counter = shared.fail_counter
-        self._opened_at = shared.opened_at
+        self._busy_until = None if not authoritative else self._busy_until
+        if not force and not authoritative and shared.version == self._version and self._writes_pending():
+            # Most likely the echo of a write of ours still on its way: its reply
+            # settles it. Taking the echo would drop the failures counted since.
+            return
+        state_changed = shared.state != self._state
+        version_changed = shared.version != self._version
         self._version = shared.version
+        if not self._transitions_pending():
+            self._next_base = shared.version
+        self._fail_counter = self._with_unsent_failures(shared.fail_counter)
+        if shared.state != pybreaker.STATE_OPEN or shared.open_age is None:
+            self._opened_clock = None
+        else:
+            # Never earlier than what this process already knew: err on staying open.
+            heard = self._clock() - shared.open_age
+            self._opened_clock = (
+                heard if version_changed or self._opened_clock is None else max(heard, self._opened_clock)
+            )
+        if state_changed or version_changed:
+            self._change(shared.state)
 
-    def _send(self, op: str) -> None:
-        if self.connected:
-            self._outbox.put_nowait((op, self._version))
+    def _change(self, state: str) -> None:
+        changed = state != self._state
+        self._state = state
+        self.generation += 1
+        if changed:
+            self.on_change()
+
+    def _send(self, op: str, count: int = 0) -> None:
+        if len(self._outbox) >= MAX_OUTBOX:
+            self._outbox.pop(0)
+            self._dropped += 1
+            if self._dropped == 1 or self._dropped % 1000 == 0:
+                log.warning("circuit updates dropped: %d so far (Redis unreachable too long)", self._dropped)
+        self._outbox.append([op, self._next_base, count])
+        self._wake.set()
+
+    def _count(self, reset: bool) -> None:
+        """Coalesce a failure or a reset into the last entry when it is a count at the same base."""
+        last = self._outbox[-1] if self._outbox else None
+        if last and last[0] in ("failures", "reset-failures") and last[1] == self._next_base:
+            if reset:
+                last[0], last[2] = "reset-failures", 0
+            else:
+                last[2] += 1
+            self._wake.set()
+        else:
+            self._send("reset-failures" if reset else "failures", 0 if reset else 1)
+
+    def _with_unsent_failures(self, counter: int) -> int:
+        for op, base, count in self._outbox:
+            if base == self._next_base and op in ("failures", "reset-failures"):
+                counter = count if op == "reset-failures" else counter + count
+        return counter
+
+    def _writes_pending(self) -> bool:
+        return bool(self._in_flight or self._outbox)
+
+    def _transitions_pending(self) -> bool:
+        return any(e[0] != "failures" and e[0] != "reset-failures" for e in (*self._in_flight, *self._outbox))
+
+    def _suspect_lost(self) -> None:
+        self._lost_record = True
+        self._wake.set()
 
     async def _read(self) -> Shared:
-        return Shared.parse(await self._read_script(keys=self._keys))
+        return Shared.parse(await shielded(self._read_script(keys=self._keys)))
+
+    async def _write(self, batch: list[list[Any]]) -> None:
+        args = [self._channel, self._fail_max, *(value for entry in batch for value in entry)]
+        reply = await shielded(self._apply(keys=self._keys, args=args))
+        self._heard(Shared.parse(reply), authoritative=True)
 
     async def _supervise(self) -> None:
-        while True:
+        while not self._stopping:
             if not self.connected:
                 await self._reconnect()
+                continue
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._write_outbox())
@@ -310,66 +574,125 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
                 self._lose(failure.exceptions[0])
 
     async def _write_outbox(self) -> None:
-        while True:
-            op, version = await self._outbox.get()
-            reply = await self._apply(keys=self._keys, args=[self._channel, op, version, self._fail_max])
-            self.adopt(Shared.parse(reply))
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._lost_record:
+                await self._check_record()
+            if not self._outbox:
+                continue
+            self._in_flight, self._outbox = self._outbox, []
+            try:
+                await self._write(self._in_flight)
+            except BaseException:
+                # Not acknowledged: send it again after the reconnect (stale parts are refused then).
+                self._outbox[:0] = self._in_flight
+                raise
+            finally:
+                self._in_flight = []
 
     async def _follow_changes(self) -> None:
         pubsub = self._client.pubsub()
         try:
-            await pubsub.subscribe(self._channel)
+            await shielded(pubsub.subscribe(self._channel))
             refresh_at = time.monotonic() + REFRESH_INTERVAL
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=REFRESH_INTERVAL)
+            while not self._stopping:
+                message = await shielded(
+                    pubsub.get_message(ignore_subscribe_messages=True, timeout=REFRESH_INTERVAL / 4)
+                )
                 if message is not None:
-                    self.adopt(Shared.parse(message["data"].split(b",")))
+                    self._heard(Shared.parse(message["data"].split(b",")))
                 if time.monotonic() >= refresh_at:
-                    self.adopt(await self._read())
+                    self._heard(await self._read(), authoritative=True)
                     refresh_at = time.monotonic() + REFRESH_INTERVAL
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            closing = asyncio.ensure_future(pubsub.aclose())  # type: ignore[no-untyped-call]
+            closing.add_done_callback(_retrieve)
+
+    async def _check_record(self) -> None:
+        """A snapshot said the circuit is gone or older than ours: confirm with a read made
+        now (versions never go down in Redis), then seed it from this process's view."""
+        self._lost_record = False
+        shared = await self._read()
+        if shared.exists and shared.version >= self._version:
+            self._heard(shared, authoritative=True)
+            return
+        await self._seed_from_view(reason="missing" if not shared.exists else "older than this instance's")
+
+    async def _seed_from_view(self, reason: str) -> None:
+        is_open = self._state != pybreaker.STATE_CLOSED
+        # Half-open counts as open, from now: its trial's lease is gone with the record.
+        age = 0.0
+        if self._state == pybreaker.STATE_OPEN and self._opened_clock is not None:
+            age = self._clock() - self._opened_clock
+        args = [
+            self._channel,
+            "open" if is_open else "closed",
+            self._fail_counter,
+            int(age * 1000),
+            self._version,
+        ]
+        shared = Shared.parse(await shielded(self._seed(keys=self._keys, args=args)))
+        log.warning(
+            "the circuit's record in Redis was %s: seeded from this instance's view (%s), now %s",
+            reason,
+            self._state,
+            shared.state,
+        )
+        self._outbox.clear()  # based on the lost versions: Redis would refuse them
+        self._heard(shared, authoritative=True, force=True)
 
     def _lose(self, error: BaseException) -> None:
         if not self.connected:
             return
         log.warning("Redis lost (%r): the circuit carries on with this process's state", error)
         self.connected = False
-        while not self._outbox.empty():
-            self._outbox.get_nowait()
-        if self._supervisor and asyncio.current_task() is not self._supervisor:
+        if self._supervisor and asyncio.current_task() is not self._supervisor and not self._stopping:
             # Lost from a request's call: restart the background work, which reconnects first.
             self._supervisor.cancel()
             self._supervisor = asyncio.create_task(self._supervise(), name="redis-state")
 
     async def _reconnect(self) -> None:
-        """Retry until Redis answers, then reconcile: an open circuit anywhere stays open."""
-        while True:
+        """Retry until Redis answers, then reconcile. Redis as this process left it: the
+        outbox replays what happened here meanwhile (an open here wins). Redis moved on:
+        the fleet's newer generation wins. Redis lost the circuit: seed it from here."""
+        while not self._stopping:
             await asyncio.sleep(RECONNECT_INTERVAL)
             try:
                 shared = await self._read()
-                if self._state == pybreaker.STATE_OPEN and shared.state != pybreaker.STATE_OPEN:
-                    reply = await self._apply(
-                        keys=self._keys, args=[self._channel, "force-open", -1, self._fail_max]
-                    )
-                    shared = Shared.parse(reply)
+                if not shared.exists or shared.version < self._version:
+                    await self._seed_from_view(reason="reset while it was unreachable")
+                elif shared.version > self._version:
+                    self._outbox.clear()  # based on a generation the fleet has left
+                    self._heard(shared, authoritative=True, force=True)
             except (RedisError, OSError):
                 continue
-            self.adopt(shared, force=True)
             self.connected = True
-            log.warning("Redis is back: the circuit is shared again (%s)", shared.state)
+            self._wake.set()  # send what was not written before the outage
+            log.warning("Redis is back: the circuit is shared again (%s)", self._state)
             return
 
-    def _background(self, awaitable: object) -> None:
+    def _warn_if_settings_differ(self, fail_max: bytes | None, reset_ms: bytes | None) -> None:
+        theirs = (int(fail_max or self._fail_max), int(reset_ms or self._reset_timeout_ms))
+        if theirs != (self._fail_max, self._reset_timeout_ms):
+            log.warning(
+                "circuit %r is shared with instances that use CIRCUIT_FAIL_MAX=%d and "
+                "CIRCUIT_RESET_TIMEOUT=%g; this one uses %d and %g: the fleet's trip and "
+                "trial follow each instance's own settings",
+                self._breaker_name,
+                theirs[0],
+                theirs[1] / 1000,
+                self._fail_max,
+                self._reset_timeout_ms / 1000,
+            )
+
+    def _background(self, awaitable: Awaitable[object]) -> None:
         async def run() -> None:
             try:
-                await awaitable  # type: ignore[misc]
+                await shielded(awaitable)
             except (RedisError, OSError) as exc:
                 self._lose(exc)
 
         task = asyncio.ensure_future(run())
-        _pending.add(task)
-        task.add_done_callback(_pending.discard)
-
-
-_pending: set[asyncio.Future[None]] = set()
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from circuit_breaker import AsyncCircuitBreaker, build_breaker
+from redis_state import connect_cluster_aware
+from settings import OfferSettings
 from tests.processes import EditablePartner, RedisClusterServers, RedisServer, redis_server_binary
 
 REDIS_HINT = "no redis-server on PATH: install it (apt-get install redis-server) to run the Redis tests"
@@ -20,6 +24,18 @@ def redis_binary() -> str:
         if os.environ.get("CI"):
             pytest.fail(f"{REDIS_HINT}; in CI no Redis test may be skipped")
         pytest.skip(REDIS_HINT)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def faketime_binary() -> str:
+    """libfaketime's `faketime`, to run a service whose wall clock is off."""
+    binary = shutil.which("faketime")
+    if binary is None:
+        hint = "no faketime on PATH: install it (apt-get install faketime) to run the clock-skew tests"
+        if os.environ.get("CI"):
+            pytest.fail(f"{hint}; in CI no test may be skipped")
+        pytest.skip(hint)
     return binary
 
 
@@ -44,3 +60,36 @@ def redis_cluster(redis_binary: str, tmp_path: Path) -> Iterator[RedisClusterSer
     cluster = RedisClusterServers(redis_binary, tmp_path).start()
     yield cluster
     cluster.stop()
+
+
+Fleet = Callable[..., Awaitable[AsyncCircuitBreaker]]
+
+
+@pytest.fixture
+async def fleet(redis_server: RedisServer) -> AsyncIterator[Fleet]:
+    """Makes breakers that share `redis_server`, as separate instances of the service would.
+
+    `fleet(url=...)` points one at another address (a delay proxy, say); other
+    keywords are settings (`circuit_fail_max`, `circuit_reset_timeout`, ...)
+    or `clock`. Every breaker is stopped at the end, each within its bound."""
+    made: list[AsyncCircuitBreaker] = []
+
+    async def make(
+        url: str | None = None, clock: Callable[[], float] | None = None, **settings: object
+    ) -> AsyncCircuitBreaker:
+        values: dict[str, object] = {"circuit_fail_max": 3, **settings}
+        options = {"clock": clock} if clock else {}
+        breaker = build_breaker(
+            OfferSettings(**values),
+            await connect_cluster_aware(url or redis_server.url),
+            **options,  # type: ignore[arg-type]
+        )
+        assert breaker.shared is not None
+        await breaker.shared.start()
+        made.append(breaker)
+        return breaker
+
+    yield make
+    for breaker in made:
+        assert breaker.shared is not None
+        await breaker.shared.stop()

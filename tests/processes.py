@@ -14,7 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -333,3 +334,28 @@ def with_open_files_limit(service: Service, limit: int) -> Service:
     )
     service.args = [sys.executable, "-c", setting, *service.args[1:]]
     return service
+
+
+@contextmanager
+def delay_proxy(target_port: int, delay: float) -> Iterator[str]:
+    """A Redis `delay` seconds further away each way (bench/delay_proxy.py); yields its URL."""
+    port = free_port()
+    proxy = subprocess.Popen(
+        [
+            sys.executable,
+            str(PROJECT_DIR / "bench" / "delay_proxy.py"),
+            str(port),
+            str(target_port),
+            str(delay),
+        ]
+    )
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+        try:
+            wait_for(client.ping, timeout=10, what="delay proxy")
+        finally:
+            client.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proxy.kill()
+        proxy.wait()

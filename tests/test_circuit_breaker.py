@@ -5,26 +5,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
 
 import pybreaker
 import pytest
 
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
 from settings import OfferSettings
+from tests.fake_clock import FakeClock
 from tests.partner_stand_ins import PartnerDown, fail, ok, reject
 
 RESET_TIMEOUT = 15.0
+# Every wait in these tests is bounded: a broken guard fails, it never hangs.
+BOUND = 5.0
 
 
 def rewind(breaker: AsyncCircuitBreaker, seconds: float) -> None:
-    """Move the moment the circuit opened back in time, instead of sleeping through the reset timeout."""
-    storage = breaker.breaker._state_storage
-    storage.opened_at = storage.opened_at - timedelta(seconds=seconds)
+    """Let `seconds` pass on the breaker's clock, instead of sleeping through the reset timeout."""
+    clock = breaker._clock
+    assert isinstance(clock, FakeClock)
+    clock.advance(seconds)
 
 
 def make_breaker() -> AsyncCircuitBreaker:
-    return build_breaker(OfferSettings(circuit_fail_max=3, circuit_reset_timeout=RESET_TIMEOUT))
+    settings = OfferSettings(circuit_fail_max=3, circuit_reset_timeout=RESET_TIMEOUT)
+    return build_breaker(settings, clock=FakeClock())
 
 
 async def trip(breaker: AsyncCircuitBreaker) -> None:
@@ -127,12 +131,14 @@ async def test_half_open_allows_one_trial_call_at_a_time() -> None:
         return "hot"
 
     trial = asyncio.create_task(breaker.call(slow_trial))
-    await trial_started.wait()
-    others = await asyncio.gather(*(breaker.call(slow_trial) for _ in range(20)), return_exceptions=True)
+    await asyncio.wait_for(trial_started.wait(), BOUND)
+    others = await asyncio.wait_for(
+        asyncio.gather(*(breaker.call(slow_trial) for _ in range(20)), return_exceptions=True), BOUND
+    )
     assert all(isinstance(result, CircuitOpen) and result.reason == "trial-in-flight" for result in others)
     assert calls == 1
     release_trial.set()
-    assert await trial == "hot"
+    assert await asyncio.wait_for(trial, BOUND) == "hot"
     assert breaker.state_name == "closed"
 
 
@@ -149,7 +155,7 @@ async def test_a_cancelled_trial_lets_the_next_caller_try() -> None:
         return "never"
 
     trial = asyncio.create_task(breaker.call(hang))
-    await started.wait()
+    await asyncio.wait_for(started.wait(), BOUND)
     trial.cancel()
     with pytest.raises(asyncio.CancelledError):
         await trial
@@ -169,11 +175,11 @@ async def test_a_stale_failure_does_not_count_against_a_newer_state() -> None:
         raise PartnerDown("late 500")
 
     slow = asyncio.create_task(breaker.call(slow_failure))
-    await started.wait()
+    await asyncio.wait_for(started.wait(), BOUND)
     breaker.breaker.close()  # a new closed state, as an operator's reset makes one
     finish.set()
     with pytest.raises(PartnerDown):
-        await slow
+        await asyncio.wait_for(slow, BOUND)
     assert breaker.state_name == "closed"
     assert breaker.breaker.fail_counter == 0
 
@@ -189,13 +195,13 @@ async def test_a_stale_success_does_not_reset_a_newer_states_failures() -> None:
         return "late hot"
 
     slow = asyncio.create_task(breaker.call(slow_success))
-    await started.wait()
+    await asyncio.wait_for(started.wait(), BOUND)
     breaker.breaker.close()
     for _ in range(2):
         with pytest.raises(PartnerDown):
             await breaker.call(fail)
     finish.set()
-    assert await slow == "late hot"
+    assert await asyncio.wait_for(slow, BOUND) == "late hot"
     assert breaker.breaker.fail_counter == 2
 
 
@@ -208,7 +214,7 @@ async def test_concurrent_slow_calls_take_one_calls_latency_not_n() -> None:
         return "hot"
 
     started = time.perf_counter()
-    results = await asyncio.gather(*(breaker.call(slow) for _ in range(concurrency)))
+    results = await asyncio.wait_for(asyncio.gather(*(breaker.call(slow) for _ in range(concurrency))), BOUND)
     elapsed = time.perf_counter() - started
     assert results == ["hot"] * concurrency
     # Serialized, this would take concurrency * latency = 10 s.
@@ -252,7 +258,7 @@ async def test_calls_still_waiting_when_the_circuit_opens_are_cut_short() -> Non
     assert partner_calls == 10
     started = time.perf_counter()
     await trip(breaker)
-    results = await asyncio.gather(*waiting, return_exceptions=True)
+    results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), BOUND)
     assert time.perf_counter() - started < 1
     assert all(isinstance(result, CircuitOpen) and result.reason == "circuit-opened" for result in results)
     assert breaker.breaker.fail_counter == 3  # cut calls are not failures
@@ -267,3 +273,64 @@ async def test_a_timeout_raised_by_the_call_itself_is_a_failure_not_a_cut() -> N
     with pytest.raises(TimeoutError):
         await breaker.call(times_out)
     assert breaker.breaker.fail_counter == 1
+
+
+async def test_the_open_period_is_measured_on_the_injected_clock_not_the_wall_clock() -> None:
+    breaker = make_breaker()
+    await trip(breaker)
+    assert breaker.seconds_until_trial() == RESET_TIMEOUT
+    rewind(breaker, 5)
+    assert breaker.seconds_until_trial() == RESET_TIMEOUT - 5
+
+
+async def test_forcing_open_twice_is_one_transition_and_no_error() -> None:
+    breaker = make_breaker()
+    transitions: list[str] = []
+
+    class Recorder(pybreaker.CircuitBreakerListener):
+        def state_change(self, cb: object, old: object, new: pybreaker.CircuitBreakerState) -> None:
+            transitions.append(new.name)
+
+    breaker.breaker.add_listener(Recorder())
+    waiting = asyncio.create_task(breaker.call(lambda: asyncio.sleep(30, "late")))
+    await asyncio.sleep(0)
+    breaker.force_open()
+    breaker.force_open()  # while the first one's cut is still ending the waiting call
+    with pytest.raises(CircuitOpen, match="circuit-opened"):
+        await asyncio.wait_for(waiting, BOUND)
+    breaker.force_open()
+    assert transitions == ["open"]
+    breaker.force_close()
+    breaker.force_close()
+    assert transitions == ["open", "closed"]
+
+
+async def test_errors_that_are_not_counted_neither_fail_nor_succeed() -> None:
+    class OutOfFileDescriptors(Exception):
+        pass
+
+    async def local_trouble() -> str:
+        raise OutOfFileDescriptors
+
+    settings = OfferSettings(circuit_fail_max=3, circuit_reset_timeout=RESET_TIMEOUT)
+    breaker = build_breaker(settings, not_counted=(OutOfFileDescriptors,), clock=FakeClock())
+    for _ in range(2):
+        with pytest.raises(PartnerDown):
+            await breaker.call(fail)
+    for _ in range(10):
+        with pytest.raises(OutOfFileDescriptors):
+            await breaker.call(local_trouble)
+    assert breaker.breaker.fail_counter == 2  # neither counted nor reset
+    assert breaker.state_name == "closed"
+    await trip_once_more(breaker)
+    rewind(breaker, RESET_TIMEOUT)
+    with pytest.raises(OutOfFileDescriptors):
+        await breaker.call(local_trouble)  # the trial's permit is handed back
+    assert await breaker.call(ok) == "hot"
+    assert breaker.state_name == "closed"
+
+
+async def trip_once_more(breaker: AsyncCircuitBreaker) -> None:
+    with pytest.raises(PartnerDown):
+        await breaker.call(fail)
+    assert breaker.state_name == "open"

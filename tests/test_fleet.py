@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis as redis_module
 
 from tests.processes import (
     EditablePartner,
@@ -179,3 +180,43 @@ def test_workers_of_one_service_share_the_circuit_through_redis(
         assert reasons == {"circuit-open"}
         assert editable_partner.requests_received() == received
         assert service.log().count("Started server process") == 2
+
+
+@pytest.mark.timeout(90)
+def test_instances_whose_wall_clocks_are_30_s_off_keep_the_open_period_and_make_no_round_trips(
+    editable_partner: EditablePartner, redis_server: RedisServer, faketime_binary: str, tmp_path: Path
+) -> None:
+    env = {
+        "PARTNER_OFFER_URL": editable_partner.url,
+        "REDIS_URL": redis_server.url,
+        "CIRCUIT_RESET_TIMEOUT": "10",
+        # libfaketime moves the wall clock only: the event loop's monotonic clock stays true.
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    skewed = []
+    for offset in ("+30s", "-30s"):
+        service = uvicorn_service("offer_service:app", env=env, log_dir=tmp_path)
+        service.args = [faketime_binary, "-f", offset, *service.args]
+        skewed.append(service.start())
+    redis = redis_module.Redis.from_url(redis_server.url)
+    try:
+        editable_partner.set_status(500)
+        trip_through(skewed[0])
+        for service in skewed:
+            wait_for(lambda s=service: state_of(s) == "open", timeout=2, what="open on both")
+            left = service.get("/offer/circuit").json()["seconds_until_trial"]
+            assert 8 < left <= 10  # neither 30 s longer nor already over
+        before = int(redis.info("stats")["total_commands_processed"])
+        started = time.monotonic()
+        with httpx.Client(timeout=10) as client:
+            for i in range(400):
+                response = client.get(f"{skewed[i % 2].url}/offer")
+                assert response.headers["x-fallback-reason"] == "circuit-open"
+        elapsed = time.monotonic() - started
+        commands = int(redis.info("stats")["total_commands_processed"]) - before
+        # The refreshes (one read a second per instance) and the INFO: no round trip per request.
+        assert commands <= 1 + 2 * (int(elapsed) + 2), f"{commands} Redis commands for 400 requests"
+    finally:
+        redis.close()
+        for service in skewed:
+            service.stop()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.processes import RedisServer, uvicorn_service, wait_for
+from tests.processes import RedisServer, delay_proxy, uvicorn_service, wait_for
 
 
 def test_sigterm_under_load_finishes_the_requests_in_flight(
@@ -38,3 +40,42 @@ def test_sigterm_under_load_finishes_the_requests_in_flight(
     log = offers.log()
     assert "shutdown: the partner client and the Redis connections are closed" in log
     assert "Application shutdown complete" in log
+
+
+SIGTERM_BOUND = 3.0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("moment", ["right after start-up", "writes in flight", "Redis down"])
+def test_sigterm_ends_an_offer_service_with_redis_within_3_s(
+    redis_server: RedisServer, tmp_path: Path, moment: str
+) -> None:
+    with contextlib.ExitStack() as stack:
+        partner = stack.enter_context(uvicorn_service("partner_offer_service:app", log_dir=tmp_path))
+        redis_url = redis_server.url
+        if moment == "writes in flight":
+            # A Redis 100 ms away each way: the failures below are still on their way at SIGTERM.
+            redis_url = stack.enter_context(delay_proxy(redis_server.port, delay=0.1))
+        env = {"PARTNER_OFFER_URL": partner.url, "REDIS_URL": redis_url, "CIRCUIT_FAIL_MAX": "1000"}
+        for run in range(3):
+            offers = uvicorn_service("offer_service:app", env=env, log_dir=tmp_path).start()
+            stack.callback(offers.stop)
+            if moment == "writes in flight":
+                httpx.put(f"{partner.url}/chaos", json={"status_code": 500}).raise_for_status()
+                with httpx.Client(timeout=5) as client:
+                    for _ in range(20):
+                        client.get(f"{offers.url}/offer")
+            elif moment == "Redis down":
+                redis_server.stop()
+                wait_for(lambda o=offers: o.get("/health").json()["status"] == "degraded", what="degraded")
+            assert offers.process is not None
+            started = time.monotonic()
+            os.killpg(offers.process.pid, signal.SIGTERM)
+            offers.process.wait(SIGTERM_BOUND + 5)
+            took = time.monotonic() - started
+            assert took < SIGTERM_BOUND, f"run {run}: SIGTERM took {took:.2f}s\n{offers.log()}"
+            log = offers.log()
+            assert "shutdown: the partner client and the Redis connections are closed" in log
+            assert "abandoned" not in log
+            if moment == "Redis down":
+                redis_server.restart()

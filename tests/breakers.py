@@ -1,0 +1,29 @@
+"""Helpers for tests that drive breakers in this process: trip one, wait for a condition."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from circuit_breaker import AsyncCircuitBreaker, CircuitOpen
+from tests.partner_stand_ins import PartnerDown, fail
+
+
+async def trip(breaker: AsyncCircuitBreaker) -> None:
+    """Fail `fail_max` calls through `breaker` (some may be refused once another trip lands)."""
+    for _ in range(breaker.breaker.fail_max):
+        with pytest.raises((PartnerDown, CircuitOpen)):
+            await breaker.call(fail)
+
+
+async def eventually(condition: Callable[[], object], within: float = 3.0, what: str = "condition") -> float:
+    """Poll `condition` on the event loop; return how long it took, or fail after `within` s."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > within:
+            raise AssertionError(f"{what} not met within {within}s")
+        await asyncio.sleep(0.002)
+    return time.monotonic() - started

@@ -1,0 +1,462 @@
+"""The fleet's shared state stays true: generations, one clock, lost records, lost writes,
+forced states, and a shutdown that always ends. Every test runs against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from circuit_breaker import AsyncCircuitBreaker, CircuitOpen
+from redis_state import STOP_TIMEOUT, SharedCircuitState
+from tests.breakers import eventually, trip
+from tests.conftest import Fleet
+from tests.fake_clock import FakeClock
+from tests.partner_stand_ins import PartnerDown, fail, ok
+from tests.processes import RedisServer, delay_proxy
+
+CIRCUIT = "{partner-offer}:circuit"
+BOUND = 5.0
+
+
+def shared(breaker: AsyncCircuitBreaker) -> SharedCircuitState:
+    assert breaker.shared is not None
+    return breaker.shared
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+class SlowCall:
+    """A partner call that waits until the test lets it end, with a success or a failure."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.finish = asyncio.Event()
+        self.fails = True
+
+    async def __call__(self) -> str:
+        self.started.set()
+        await self.finish.wait()
+        if self.fails:
+            raise PartnerDown("late 500")
+        return "late hot"
+
+
+# Generations
+
+
+async def test_late_failures_from_before_an_operators_close_elsewhere_never_trip_the_fleet(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    a, b = await fleet(), await fleet()
+    slow = SlowCall()
+    late = [asyncio.create_task(b.call(slow)) for _ in range(3)]
+    await asyncio.wait_for(slow.started.wait(), BOUND)
+    version = int(redis_client.hget(CIRCUIT, "version") or 0)
+    a.force_close()  # a new generation, decided on another instance
+    await eventually(lambda: int(redis_client.hget(CIRCUIT, "version") or 0) > version, what="close written")
+    await eventually(lambda: shared(b)._version > version, what="b heard the close")
+    slow.finish.set()
+    results = await asyncio.wait_for(asyncio.gather(*late, return_exceptions=True), BOUND)
+    assert all(isinstance(r, PartnerDown) for r in results)
+    await asyncio.sleep(0.1)  # any write b made has landed
+    assert b.state_name == a.state_name == "closed"
+    assert b.breaker.fail_counter == 0
+    assert redis_client.hget(CIRCUIT, "fail_counter") == b"0"
+
+
+async def test_a_late_success_from_an_older_generation_does_not_reset_the_fleets_count(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    a, b = await fleet(), await fleet()
+    slow = SlowCall()
+    slow.fails = False
+    late = asyncio.create_task(b.call(slow))
+    await asyncio.wait_for(slow.started.wait(), BOUND)
+    a.force_close()
+    await eventually(lambda: shared(b).generation > 1 and not shared(a)._writes_pending(), what="close heard")
+    for _ in range(2):
+        with pytest.raises(PartnerDown):
+            await a.call(fail)
+    await eventually(lambda: redis_client.hget(CIRCUIT, "fail_counter") == b"2", what="two failures written")
+    slow.finish.set()
+    assert await asyncio.wait_for(late, BOUND) == "late hot"
+    await asyncio.sleep(0.1)
+    assert redis_client.hget(CIRCUIT, "fail_counter") == b"2"
+
+
+async def test_redis_refuses_a_write_based_on_an_older_version(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    breaker = await fleet()
+    state = shared(breaker)
+    version = state._version
+    redis_client.hincrby(CIRCUIT, "version", 1)  # another instance's transition, not yet heard
+    state._next_base = version
+    state.increment_counter()
+    await eventually(lambda: not state._writes_pending(), what="write answered")
+    assert redis_client.hget(CIRCUIT, "fail_counter") == b"0"
+    assert state._version == version + 1  # and the reply brought the newer version
+
+
+# A record that can vanish
+
+
+@pytest.mark.parametrize("how", ["FLUSHALL", "DEL"])
+async def test_an_open_circuit_lost_from_redis_is_seeded_again_within_one_refresh(
+    fleet: Fleet, redis_client: redis.Redis, how: str
+) -> None:
+    a, b = await fleet(), await fleet()
+    await trip(a)
+    await eventually(lambda: b.state_name == "open", what="b open")
+    left = a.seconds_until_trial()
+    if how == "FLUSHALL":
+        redis_client.flushall()
+    else:
+        redis_client.delete(CIRCUIT)
+    took = await eventually(
+        lambda: redis_client.hget(CIRCUIT, "state") == b"open", within=3, what="circuit seeded again"
+    )
+    assert took < 1.5  # one refresh (1 s) and the seed
+    # The open period goes on from where it was, not from the seed.
+    assert float(redis_client.hget(CIRCUIT, "opened_at") or 0) > 0
+    assert abs(a.seconds_until_trial() - (left - took)) < 0.5
+    await asyncio.sleep(0.1)
+    assert a.state_name == b.state_name == "open"
+
+
+async def test_after_a_flush_a_new_trip_still_reaches_every_instance(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    a, b = await fleet(), await fleet()
+    redis_client.flushall()
+    await eventually(lambda: redis_client.exists(CIRCUIT), within=3, what="circuit seeded again")
+    await trip(a)
+    await eventually(lambda: b.state_name == "open", what="b hears the trip")
+    assert redis_client.hget(CIRCUIT, "state") == b"open"
+
+
+async def test_a_replica_that_missed_writes_is_seeded_from_the_instances(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    a = await fleet()
+    await trip(a)
+    await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="open written")
+    # What a failover to a replica that missed the trip looks like: an older record.
+    redis_client.hset(CIRCUIT, mapping={"state": "closed", "version": 1, "fail_counter": 0})
+    await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", within=3, what="seeded")
+    assert a.state_name == "open"
+
+
+async def test_a_half_open_circuit_lost_from_redis_stays_open_everywhere(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    clock = FakeClock()
+    a, b = await fleet(clock=clock), await fleet(clock=clock)
+    await trip(a)
+    await eventually(lambda: b.state_name == "open", what="b open")
+    redis_client.hset(CIRCUIT, "opened_at", 0)  # Redis's own reset timeout has passed
+    clock.advance(20)
+    trial = SlowCall()
+    trial.fails = False
+    probing = asyncio.create_task(a.call(trial))
+    await asyncio.wait_for(trial.started.wait(), BOUND)
+    await eventually(lambda: b.state_name == "half-open", what="b hears the trial")
+    redis_client.flushall()  # Redis restarted empty while the trial is in flight
+    await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", within=3, what="seeded open")
+    partner_calls = 0
+
+    async def counted() -> str:
+        nonlocal partner_calls
+        partner_calls += 1
+        return "hot"
+
+    await eventually(lambda: b.state_name == "open", what="b open again")
+    for _ in range(50):
+        with contextlib.suppress(CircuitOpen):
+            await b.call(counted)
+    assert partner_calls == 0
+    trial.finish.set()
+    with pytest.raises(CircuitOpen, match="circuit-opened"):  # cut short when its circuit reopened
+        await asyncio.wait_for(probing, BOUND)
+    await asyncio.sleep(0.1)
+    assert redis_client.hget(CIRCUIT, "state") == b"open"
+
+
+# One clock
+
+
+async def test_instances_whose_clocks_disagree_keep_the_same_open_period(fleet: Fleet) -> None:
+    behind, ahead = FakeClock(start=0.0), FakeClock(start=1e6)
+    a, b = (
+        await fleet(clock=behind, circuit_reset_timeout=10),
+        await fleet(clock=ahead, circuit_reset_timeout=10),
+    )
+    await trip(a)
+    await eventually(lambda: b.state_name == "open", what="b open")
+    await asyncio.sleep(0.05)
+    assert 9.5 < a.seconds_until_trial() <= 10
+    assert 9.5 < b.seconds_until_trial() <= 10
+
+
+# Writes that coalesce, and are never silently dropped
+
+
+async def test_failures_coalesce_into_one_write_per_round_trip(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    breaker = await fleet(circuit_fail_max=10_000)
+    before = int(redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    for _ in range(2000):
+        with pytest.raises(PartnerDown):
+            await breaker.call(fail)
+    await eventually(lambda: redis_client.hget(CIRCUIT, "fail_counter") == b"2000", what="all counted")
+    writes = int(redis_client.info("commandstats")["cmdstat_evalsha"]["calls"]) - before
+    assert writes < 200  # one per flush, not one per failure
+    assert breaker.breaker.fail_counter == 2000
+
+
+async def test_failures_recorded_while_pubsub_is_killed_reach_redis(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    breaker = await fleet(circuit_fail_max=10_000)
+    for round_ in range(3):
+        redis_client.client_kill_filter(_type="pubsub")
+        for _ in range(100):
+            with pytest.raises(PartnerDown):
+                await breaker.call(fail)
+        await asyncio.sleep(0.01 * round_)
+    await eventually(
+        lambda: redis_client.hget(CIRCUIT, "fail_counter") == b"300", within=5, what="every failure written"
+    )
+    assert breaker.breaker.fail_counter == 300
+
+
+async def test_a_slow_redis_lets_no_more_calls_through_than_memory_state(
+    fleet: Fleet, redis_server: RedisServer
+) -> None:
+    with delay_proxy(redis_server.port, delay=0.002) as url:
+        breaker = await fleet(url=url, circuit_fail_max=50)
+        calls = 0
+
+        async def failing() -> str:
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(0)
+            raise PartnerDown("500")
+
+        for _ in range(200):
+            with contextlib.suppress(PartnerDown, CircuitOpen):
+                await breaker.call(failing)
+        assert calls == 50
+
+
+async def test_a_trip_reaches_the_other_instance_within_100_ms_with_redis_2_ms_away_under_load(
+    fleet: Fleet, redis_server: RedisServer
+) -> None:
+    with delay_proxy(redis_server.port, delay=0.002) as url:
+        far, near = await fleet(url=url, circuit_fail_max=50), await fleet(circuit_fail_max=50)
+
+        async def one_in_three(n: int) -> str:
+            await asyncio.sleep(0.001)
+            if n % 3 == 0:
+                raise PartnerDown("500")
+            return "hot"
+
+        async def load(breaker: AsyncCircuitBreaker, seconds: float) -> None:
+            n, until = 0, time.monotonic() + seconds
+            while time.monotonic() < until:
+                n += 1
+                tasks = [breaker.call(lambda m=n * 10 + i: one_in_three(m)) for i in range(10)]
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+        await load(far, 1.0)  # a backlog would build here, one write per failure
+        assert near.state_name == "closed"
+        for _ in range(50):
+            with contextlib.suppress(PartnerDown, CircuitOpen):
+                await far.call(fail)
+        assert far.state_name == "open"
+        took = await eventually(lambda: near.state_name == "open", within=2, what="near hears the trip")
+        assert took < 0.1
+
+
+# Forced states
+
+
+async def test_a_forced_open_during_a_half_open_trial_elsewhere_is_not_lost(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    clock = FakeClock()
+    a, b = await fleet(clock=clock), await fleet(clock=clock)
+    await trip(a)
+    await eventually(lambda: b.state_name == "open", what="b open")
+    redis_client.hset(CIRCUIT, "opened_at", 0)
+    clock.advance(20)
+    trial = SlowCall()
+    trial.fails = False
+    probing = asyncio.create_task(a.call(trial))
+    await asyncio.wait_for(trial.started.wait(), BOUND)
+    b.force_open()  # b may not have heard the half-open yet: written anyway
+    await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="forced open written")
+    trial.finish.set()
+    with pytest.raises(CircuitOpen, match="circuit-opened"):  # cut short by the forced open
+        await asyncio.wait_for(probing, BOUND)
+    await asyncio.sleep(0.1)
+    assert redis_client.hget(CIRCUIT, "state") == b"open"
+    assert a.state_name == b.state_name == "open"
+
+
+async def test_forcing_open_an_open_circuit_twice_is_no_error_and_keeps_its_period(fleet: Fleet) -> None:
+    a = await fleet()
+    await trip(a)
+    left = a.seconds_until_trial()
+    a.force_open()
+    a.force_open()
+    await asyncio.sleep(0.1)
+    assert a.state_name == "open"
+    assert a.seconds_until_trial() <= left
+
+
+# Every instance hears at once
+
+
+async def test_a_remote_trip_cuts_short_the_calls_waiting_on_every_instance(fleet: Fleet) -> None:
+    a, b = await fleet(), await fleet()
+    slow = SlowCall()
+    waiting = [asyncio.create_task(b.call(slow)) for _ in range(5)]
+    await asyncio.wait_for(slow.started.wait(), BOUND)
+    await trip(a)
+    results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 1.0)
+    assert all(isinstance(r, CircuitOpen) and r.reason == "circuit-opened" for r in results)
+
+
+async def test_a_released_lease_is_heard_at_once_by_an_instance_told_busy(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    clock = FakeClock()
+    a, b = await fleet(clock=clock, partner_timeout=30), await fleet(clock=clock, partner_timeout=30)
+    await trip(a)
+    await eventually(lambda: b.state_name == "open", what="b open")
+    redis_client.hset(CIRCUIT, "opened_at", 0)
+    clock.advance(20)
+    trial = SlowCall()
+    probing = asyncio.create_task(a.call(trial))
+    await asyncio.wait_for(trial.started.wait(), BOUND)
+    with pytest.raises(CircuitOpen, match="trial-in-flight"):
+        await b.call(ok)
+    probing.cancel()  # the trial's caller went away: the lease is handed back
+    with contextlib.suppress(asyncio.CancelledError):
+        await probing
+    await eventually(lambda: not redis_client.exists("{partner-offer}:trial"), what="lease released")
+
+    async def b_may_try() -> bool:
+        with contextlib.suppress(CircuitOpen):
+            return await b.call(ok) == "hot"
+        return False
+
+    deadline = time.monotonic() + 1.0  # well inside the 31 s lease
+    while not await b_may_try():
+        assert time.monotonic() < deadline, "b kept refusing after the lease was released"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_caller_cancelled_while_claiming_the_trial_never_calls_the_partner(
+    fleet: Fleet, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    clock = FakeClock()
+    with delay_proxy(redis_server.port, delay=0.05) as url:
+        a = await fleet(url=url, clock=clock, partner_timeout=30)
+        await trip(a)
+        await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="open written")
+        redis_client.hset(CIRCUIT, "opened_at", 0)
+        clock.advance(20)
+        partner_calls = 0
+
+        async def counted() -> str:
+            nonlocal partner_calls
+            partner_calls += 1
+            return "hot"
+
+        claiming = asyncio.create_task(a.call(counted))
+        await asyncio.sleep(0.02)  # the lease request is on its way
+        claiming.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(claiming, BOUND)
+        assert partner_calls == 0
+        await eventually(lambda: not redis_client.exists("{partner-offer}:trial"), what="lease handed back")
+
+
+# Settings the fleet shares
+
+
+async def test_instances_with_different_settings_say_so_in_one_line(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    await fleet(circuit_fail_max=3)
+    await fleet(circuit_fail_max=5)
+    lines = [r.getMessage() for r in caplog.records if "is shared with instances that use" in r.getMessage()]
+    assert len(lines) == 1
+    assert "CIRCUIT_FAIL_MAX=3" in lines[0] and "uses 5" in lines[0]
+
+
+# A shutdown that always ends
+
+
+async def test_stop_returns_within_its_bound_with_writes_in_flight(
+    fleet: Fleet, redis_server: RedisServer
+) -> None:
+    with delay_proxy(redis_server.port, delay=0.1) as url:
+        breaker = await fleet(url=url, circuit_fail_max=10_000)
+        for _ in range(50):
+            with pytest.raises(PartnerDown):
+                await breaker.call(fail)
+        started = time.monotonic()
+        await shared(breaker).stop()
+        assert time.monotonic() - started < STOP_TIMEOUT + 0.3
+
+
+async def test_stop_right_after_start_returns_within_its_bound(fleet: Fleet) -> None:
+    for _ in range(10):
+        breaker = await fleet()
+        started = time.monotonic()
+        await shared(breaker).stop()
+        assert time.monotonic() - started < STOP_TIMEOUT + 0.3
+
+
+async def test_stop_ends_even_when_a_redis_read_swallows_its_cancellation(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    breaker = await fleet()
+    state = shared(breaker)
+    swallowed = 0
+
+    async def stubborn_read(*args: object, **kwargs: object) -> object:
+        """A read that does what redis-py 8.1 can do on Python 3.11: eat the cancel, go on."""
+        nonlocal swallowed
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                swallowed += 1
+        return None
+
+    state._read_script = stubborn_read  # type: ignore[assignment]
+    state._apply = stubborn_read  # type: ignore[assignment]
+    state.increment_counter()  # a write now hangs in the stubborn call
+    await asyncio.sleep(1.2)  # and so does the next refresh
+    caplog.set_level(logging.WARNING, logger="redis_state")
+    started = time.monotonic()
+    await asyncio.wait_for(state.stop(), STOP_TIMEOUT + 1)
+    assert time.monotonic() - started < STOP_TIMEOUT + 0.3
+    assert swallowed >= 1
