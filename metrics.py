@@ -44,6 +44,18 @@ PARTNER_LATENCY = Histogram(
 FALLBACKS = Counter("offer_fallbacks", "Cold offers served, by reason", ["reason"])
 
 
+def reason_label(reason: str) -> str:
+    """`partner-status-503` -> `partner-status-5xx`: one series per class of status, not per code.
+
+    A partner cycling through codes made 799 `offer_fallbacks_total` series;
+    the exact code stays in the answer's `X-Fallback-Reason`.
+    """
+    prefix, _, status = reason.rpartition("-")
+    if prefix == "partner-status" and len(status) == 3 and status.isdigit():
+        return f"partner-status-{status[0]}xx"
+    return reason
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text, summed over every worker when there are several."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

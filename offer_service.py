@@ -25,6 +25,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 
+import http_limits
 import method_not_allowed
 import settings as settings_module
 from admin import AdminGuard
@@ -64,7 +65,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings_module.configure_logging(settings.log_level, settings.httpx_log_level)
-        redis_client = await connect_cluster_aware(settings.redis_url) if settings.redis_url else None
+        redis_client = None
+        if settings.redis_url:
+            try:
+                redis_client = await connect_cluster_aware(settings.redis_url)
+            except (redis.RedisError, OSError) as exc:
+                raise settings_module.SettingsError(redis_error_line(settings.redis_url, exc)) from None
         breaker = app.state.breaker = build_breaker(settings, redis_client)
         observer = app.state.observer = CircuitObserver(BREAKER_NAME)
         breaker.breaker.add_listener(observer)
@@ -84,8 +90,15 @@ def create_app(
         title="Offer service",
         description="Hot offers from the partner through a circuit breaker, cold ones when it is open.",
         lifespan=lifespan,
+        max_body_size=http_limits.MAX_BODY_BYTES,
+        # A redirect to the slash-less path would be built from the request's Host.
+        redirect_slashes=False,
+        # Swagger UI and ReDoc load scripts from a CDN onto this origin; /openapi.json stays.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
+    app.add_middleware(settings_module.OneLineStartupErrors)
     method_not_allowed.install(app)
     # The routes read the breaker and the client from `request.app.state`
     # (set by the lifespan) rather than through `Depends`: resolving
@@ -137,7 +150,7 @@ def create_app(
     # Registered after /offer: Starlette tries routes in order, and the hot path
     # should not pay for matching a dozen dashboard routes first.
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
-    app.include_router(build_router(AdminGuard(token, settings.host)))
+    app.include_router(build_router(AdminGuard(token)))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
@@ -145,12 +158,20 @@ def create_app(
 app = create_app()
 
 
+def redis_error_line(url: str, exc: BaseException) -> str:
+    """The one line that stops start-up when Redis does not answer, or something else does."""
+    shown = settings_module.without_password(url)
+    if isinstance(exc, (redis.exceptions.InvalidResponse, redis.ResponseError)):
+        return f"error: REDIS_URL={shown!r} does not answer as a Redis server: {exc}"
+    return f"error: REDIS_URL={shown!r} is unreachable: {exc}"
+
+
 def check_redis(url: str) -> None:
     """Stop start-up with one line, rather than a traceback, when Redis does not answer."""
     try:
         redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
     except (redis.RedisError, OSError) as exc:
-        raise settings_module.SettingsError(f"error: REDIS_URL={url!r} is unreachable: {exc}") from None
+        raise settings_module.SettingsError(redis_error_line(url, exc)) from None
 
 
 if __name__ == "__main__":
@@ -174,4 +195,5 @@ if __name__ == "__main__":
         # too would reset its circuit and hide what the breaker does.
         reload_excludes=["partner_offer_service.py"],
         log_config=settings_module.log_config(config.log_level, config.httpx_log_level),
+        **http_limits.uvicorn_options(),
     )

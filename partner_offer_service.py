@@ -19,10 +19,11 @@ from datetime import datetime
 from pathlib import Path
 
 import uvicorn
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
+import http_limits
 import method_not_allowed
 import settings as settings_module
 from admin import ADMIN_RESPONSES, BODY_RESPONSES, AdminGuard
@@ -53,9 +54,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-app = FastAPI(title="Partner offer service", description="Sells hot offers.", lifespan=lifespan)
+app = FastAPI(
+    title="Partner offer service",
+    description="Sells hot offers.",
+    lifespan=lifespan,
+    max_body_size=http_limits.MAX_BODY_BYTES,
+    redirect_slashes=False,  # no redirect built from the request's Host
+    docs_url=None,  # Swagger UI and ReDoc come from a CDN; /openapi.json stays
+    redoc_url=None,
+)
 method_not_allowed.install(app)
-admin = AdminGuard(settings.admin_token.get_secret_value() if settings.admin_token else None, settings.host)
+admin = AdminGuard(settings.admin_token.get_secret_value() if settings.admin_token else None)
+# The admin routes: the guard runs before their body is read.
+admin_routes = APIRouter(route_class=admin.route_class, responses=ADMIN_RESPONSES)
 
 
 def status_code_now(chaos: Chaos) -> int:
@@ -87,23 +98,13 @@ async def get_chaos(request: Request) -> ChaosView:
     return chaos_view(request.app.state.chaos)
 
 
-@app.put(
-    "/chaos",
-    summary="Set how the partner behaves (admin)",
-    dependencies=[Depends(admin)],
-    responses={**ADMIN_RESPONSES, **BODY_RESPONSES},
-)
+@admin_routes.put("/chaos", summary="Set how the partner behaves (admin)", responses=BODY_RESPONSES)
 async def put_chaos(chaos: Chaos, request: Request) -> ChaosView:
     request.app.state.chaos = chaos
     return chaos_view(chaos)
 
 
-@app.delete(
-    "/chaos",
-    summary="Back to the file's STATUS_CODE and the environment's latency (admin)",
-    dependencies=[Depends(admin)],
-    responses=ADMIN_RESPONSES,
-)
+@admin_routes.delete("/chaos", summary="Back to the file's STATUS_CODE and the environment's latency (admin)")
 async def delete_chaos(request: Request) -> ChaosView:
     request.app.state.chaos = DEFAULT_CHAOS
     return chaos_view(DEFAULT_CHAOS)
@@ -122,6 +123,9 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
+app.include_router(admin_routes)
+
+
 if __name__ == "__main__":
     here = str(Path(__file__).resolve().parent)
     uvicorn.run(
@@ -134,4 +138,5 @@ if __name__ == "__main__":
         # A hung request (chaos mode "hang") must not hold Ctrl-C or a reload hostage.
         timeout_graceful_shutdown=2,
         log_config=settings_module.log_config(settings.log_level),
+        **http_limits.uvicorn_options(),
     )

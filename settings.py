@@ -11,9 +11,25 @@ import logging.config
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    HttpUrl,
+    RedisDsn,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chaos import HANG_SECONDS
+
+# The longest wait any setting may ask for. Past it a typo is likelier than a
+# wish, and a huge value (1e15 s) overflowed the datetime arithmetic of the
+# open state: /offer answered 500 the moment the circuit opened.
+A_DAY = 86400.0
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
@@ -22,26 +38,41 @@ def _lowercase(value: Any) -> Any:
 
 
 def _http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("not an http(s) URL")
+    # pydantic's URL parser checks the port's range and the host's syntax.
+    url = TypeAdapter(HttpUrl).validate_python(value)
+    if url.username or url.password:
+        raise ValueError("credentials in the URL would be sent to the partner and printed in logs")
     return value.rstrip("/")
 
 
 def _redis_url(value: str | None) -> str | None:
     if value in (None, ""):
         return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
-        raise ValueError("not a redis:// URL")
+    assert value is not None
+    if urlsplit(value).scheme == "unix":
+        if not urlsplit(value).path:
+            raise ValueError("no socket path")
+        return value
+    TypeAdapter(RedisDsn).validate_python(value)
+    if not urlsplit(value).hostname:
+        raise ValueError("no host")
     return value
+
+
+def without_password(url: str) -> str:
+    """`url` fit for a log line or an error message: its password replaced by `***`."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 Level = Annotated[LogLevel, BeforeValidator(_lowercase)]
 
 
 class _ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+    # No inf or nan anywhere: every number is finite and in a range.
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     host: str = Field("127.0.0.1", min_length=1, description="an address to listen on")
     log_level: Level = Field("info", description="one of debug, info, warning, error, critical")
@@ -54,7 +85,12 @@ class PartnerSettings(_ServiceSettings):
     """The partner's settings; its status code lives in the source file, on purpose."""
 
     port: int = Field(8000, ge=1, le=65535, description="a TCP port, 1-65535")
-    partner_latency: float = Field(0.0, ge=0, description="seconds of added latency, a number >= 0")
+    partner_latency: float = Field(
+        0.0,
+        ge=0,
+        le=HANG_SECONDS,
+        description=f"seconds of added latency, a number from 0 to {HANG_SECONDS:g}",
+    )
 
 
 class OfferSettings(_ServiceSettings):
@@ -64,12 +100,17 @@ class OfferSettings(_ServiceSettings):
     partner_offer_url: Annotated[str, AfterValidator(_http_url)] = Field(
         "http://127.0.0.1:8000", description="an http(s) URL such as http://127.0.0.1:8000"
     )
-    partner_timeout: float = Field(2.0, gt=0, description="seconds for the whole partner call, a number > 0")
+    partner_timeout: float = Field(
+        2.0, gt=0, le=A_DAY, description="seconds for the whole partner call, a number > 0 and <= 86400"
+    )
     circuit_fail_max: int = Field(
-        3, ge=1, description="failures before the circuit opens, a whole number >= 1"
+        3,
+        ge=1,
+        le=1_000_000,
+        description="failures before the circuit opens, a whole number from 1 to 1000000",
     )
     circuit_reset_timeout: float = Field(
-        15.0, gt=0, description="seconds the circuit stays open, a number > 0"
+        15.0, gt=0, le=A_DAY, description="seconds the circuit stays open, a number > 0 and <= 86400"
     )
     redis_url: Annotated[str | None, AfterValidator(_redis_url)] = Field(
         None, description="a redis:// URL, or unset for memory state"
@@ -100,9 +141,53 @@ def _describe(settings_class: type[_ServiceSettings], error: ValidationError) ->
     for problem in error.errors():
         field = str(problem["loc"][0])
         expected = settings_class.model_fields[field].description
-        value = "<hidden>" if field == "admin_token" else repr(problem["input"])  # never print a secret
-        lines.append(f"error: {field.upper()}={value} is invalid, expected {expected}")
+        if field == "admin_token":
+            value = "<hidden>"  # never print a secret
+        elif field.endswith("_url") and isinstance(problem["input"], str):
+            value = repr(without_password(problem["input"]))
+        else:
+            value = repr(problem["input"])
+        lines.append(f"error: {field.upper()}={value} is invalid, expected {expected}{_why(problem)}")
     return "\n".join(lines)
+
+
+def _why(problem: Any) -> str:
+    """What exactly is wrong with a URL, which "expected a URL" alone does not say."""
+    if problem["type"] in ("value_error", "url_parsing", "url_scheme"):
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        return f" ({message.removeprefix('Input should be a valid URL, ')})"
+    return ""
+
+
+class OneLineStartupErrors:
+    """ASGI middleware: a `SettingsError` raised in the lifespan ends start-up with its one line.
+
+    Starlette hands the server the whole traceback of a failed lifespan, and
+    `uvicorn offer_service:app` logs it; this hands over the message alone.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            return await self.app(scope, receive, send)
+        held: list[Message] = []
+
+        async def hold_startup_failure(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, hold_startup_failure)
+        except SettingsError as error:
+            await send({"type": "lifespan.startup.failed", "message": str(error)})
+        except BaseException:
+            for message in held:
+                await send(message)
+            raise
 
 
 def configure_logging(level: str, httpx_level: str = "warning") -> None:

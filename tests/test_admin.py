@@ -65,9 +65,10 @@ def test_the_partner_refuses_chaos_without_its_token(partner: Service) -> None:
 def test_without_a_token_admin_requests_are_refused_on_a_non_loopback_bind(
     partner: Service, tmp_path: Path
 ) -> None:
+    # `uvicorn --host 0.0.0.0` with HOST unset: what the server listens on decides, not HOST.
     offers = uvicorn_service("offer_service:app", env={"PARTNER_OFFER_URL": partner.url}, log_dir=tmp_path)
     offers.args[offers.args.index("127.0.0.1")] = "0.0.0.0"
-    offers.env["HOST"] = "0.0.0.0"
+    del offers.env["HOST"]
     with offers:
         for method, path in ADMIN_REQUESTS:
             refused = send(offers, method, path)
@@ -89,7 +90,12 @@ def test_without_a_token_admin_requests_from_this_machine_work_and_forged_hosts_
                 f"{offers.url}/offer/circuit/close", headers={"Sec-Fetch-Site": "cross-site"}
             )
             assert cross_site.status_code == 403
+            for origin in ("http://evil.example", "null", "http://127.0.0.1:1", "file://"):
+                foreign = httpx.post(f"{offers.url}/offer/circuit/close", headers={"Origin": origin})
+                assert foreign.status_code == 403, origin
             assert offers.get("/offer/circuit").json()["current_state"] == "open"
+            same_origin = httpx.post(f"{offers.url}/offer/circuit/close", headers={"Origin": offers.url})
+            assert same_origin.json()["current_state"] == "closed"
         finally:
             offers.stop()
 
@@ -117,5 +123,57 @@ def test_the_page_and_the_event_stream_leak_no_secret(partner: Service, tmp_path
         assert TOKEN not in first
         assert "token" not in first.lower()
         assert TOKEN not in offers.get("/openapi.json").text
+    finally:
+        offers.stop()
+
+
+def test_no_redirect_is_built_from_the_host(partner: Service, tmp_path: Path) -> None:
+    offers = start_offers(partner, tmp_path, ADMIN_TOKEN=TOKEN)
+    try:
+        for method, path in [("GET", "/offer/"), ("POST", "/offer/circuit/open/"), ("GET", "/health/")]:
+            answer = httpx.request(method, offers.url + path, headers={"Host": "evil.example"}, timeout=5)
+            assert answer.status_code == 404, path
+            assert "location" not in answer.headers
+            assert "evil.example" not in answer.text
+    finally:
+        offers.stop()
+
+
+EXPECTED_ALLOW = {
+    "/offer/circuit/open": "POST",
+    "/offer/circuit/reset": "POST",
+    "/partner/chaos": "GET, PUT, DELETE",
+    "/offer/circuit/events": "GET",
+    "/metrics": "GET",
+    "/offer": "GET",
+    "/static/app.js": "GET, HEAD",
+}
+
+
+def test_every_405_lists_the_methods_the_path_takes(partner: Service, tmp_path: Path) -> None:
+    offers = start_offers(partner, tmp_path, ADMIN_TOKEN=TOKEN)
+    try:
+        for path, allow in EXPECTED_ALLOW.items():
+            method = "PATCH"
+            answer = httpx.request(method, offers.url + path, timeout=5)
+            assert answer.status_code == 405, path
+            assert answer.headers["allow"] == allow, path
+        chaos = httpx.post(f"{partner.url}/chaos", timeout=5)
+        assert (chaos.status_code, chaos.headers["allow"]) == (405, "GET, PUT, DELETE")
+    finally:
+        offers.stop()
+
+
+def test_no_page_loads_a_script_from_another_origin(partner: Service, tmp_path: Path) -> None:
+    offers = start_offers(partner, tmp_path, ADMIN_TOKEN=TOKEN)
+    try:
+        for service in (offers, partner):
+            for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+                assert service.get(path).status_code == 404, path
+            assert service.get("/openapi.json").json()["openapi"].startswith("3.")
+        page = offers.get("/").text
+        assert "<script" in page
+        assert "cdn" not in page.lower()
+        assert "http://" not in page and "https://" not in page
     finally:
         offers.stop()

@@ -82,14 +82,14 @@ def test_metrics_count_the_requests_sent(offers: Service) -> None:
     for _ in range(5):
         offers.get("/offer")
     chaos(offers, "PUT", {"status_code": 500})
-    for _ in range(7):
-        offers.get("/offer")
+    reasons = [offers.get("/offer").headers["x-fallback-reason"] for _ in range(7)]
+    assert reasons == ["partner-status-500"] * 3 + ["circuit-open"] * 4  # the exact code in the header
     text = offers.get("/metrics").text
     breaker = {"breaker": "partner-offer"}
     assert metric(text, "circuit_breaker_calls_total", **breaker, outcome="success") == 5
     assert metric(text, "circuit_breaker_calls_total", **breaker, outcome="failure") == 3
     assert metric(text, "circuit_breaker_calls_total", **breaker, outcome="rejected") == 4
-    assert metric(text, "offer_fallbacks_total", reason="partner-status-500") == 3
+    assert metric(text, "offer_fallbacks_total", reason="partner-status-5xx") == 3  # its class in the label
     assert metric(text, "offer_fallbacks_total", reason="circuit-open") == 4
     assert metric(text, "circuit_breaker_state", **breaker) == 1
     assert (
@@ -114,3 +114,19 @@ def test_metrics_add_up_over_several_workers(editable_partner: EditablePartner) 
             for _ in range(6)
         ]
     assert totals == [40.0] * 6
+
+
+def test_fallback_reasons_make_one_series_per_status_class(partner: Service, tmp_path: Path) -> None:
+    env = {"PARTNER_OFFER_URL": partner.url, "CIRCUIT_FAIL_MAX": "1000000"}
+    with uvicorn_service("offer_service:app", env=env, log_dir=tmp_path) as offers:
+        codes = [*range(500, 600, 7), *range(400, 429, 3), 302, 204]
+        for code in codes:
+            chaos(offers, "PUT", {"status_code": code})
+            assert offers.get("/offer").headers["x-fallback-reason"] == f"partner-status-{code}"
+        labels = re.findall(r'^offer_fallbacks_total\{reason="([^"]+)"\}', offers.get("/metrics").text, re.M)
+    assert sorted(labels) == [
+        "partner-status-2xx",
+        "partner-status-3xx",
+        "partner-status-4xx",
+        "partner-status-5xx",
+    ]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,11 +21,25 @@ BAD_OFFER_SETTINGS = [
     ("PARTNER_TIMEOUT", "abc", "a number > 0"),
     ("PARTNER_TIMEOUT", "0", "a number > 0"),
     ("PARTNER_TIMEOUT", "-1", "a number > 0"),
-    ("CIRCUIT_FAIL_MAX", "0", "a whole number >= 1"),
-    ("CIRCUIT_FAIL_MAX", "2.5", "a whole number >= 1"),
-    ("CIRCUIT_FAIL_MAX", "three", "a whole number >= 1"),
+    ("PARTNER_TIMEOUT", "inf", "a number > 0 and <= 86400"),
+    ("PARTNER_TIMEOUT", "nan", "a number > 0 and <= 86400"),
+    ("PARTNER_TIMEOUT", "86401", "a number > 0 and <= 86400"),
+    ("PARTNER_OFFER_URL", "http://127.0.0.1:99999", "(invalid port number)"),
+    ("PARTNER_OFFER_URL", "http://127.0.0.1:abc", "(invalid port number)"),
+    ("PARTNER_OFFER_URL", "http://partner .example:8000", "(invalid international domain name)"),
+    ("PARTNER_OFFER_URL", "http://256.0.0.1:8000", "(invalid IPv4 address)"),
+    ("CIRCUIT_FAIL_MAX", "0", "a whole number from 1 to 1000000"),
+    ("CIRCUIT_FAIL_MAX", "2.5", "a whole number from 1 to 1000000"),
+    ("CIRCUIT_FAIL_MAX", "three", "a whole number from 1 to 1000000"),
+    ("CIRCUIT_FAIL_MAX", "10000000000000000000000", "a whole number from 1 to 1000000"),
     ("CIRCUIT_RESET_TIMEOUT", "0", "a number > 0"),
     ("CIRCUIT_RESET_TIMEOUT", "soon", "a number > 0"),
+    ("CIRCUIT_RESET_TIMEOUT", "inf", "a number > 0 and <= 86400"),
+    ("CIRCUIT_RESET_TIMEOUT", "-inf", "a number > 0 and <= 86400"),
+    ("CIRCUIT_RESET_TIMEOUT", "NaN", "a number > 0 and <= 86400"),
+    ("CIRCUIT_RESET_TIMEOUT", "1e15", "a number > 0 and <= 86400"),
+    ("REDIS_URL", "redis://127.0.0.1:99999/0", "(invalid port number)"),
+    ("REDIS_URL", "redis://red is:6379/0", "(invalid domain character)"),
     ("REDIS_URL", "localhost:6379", "a redis:// URL"),
     ("REDIS_URL", "http://127.0.0.1:6379", "a redis:// URL"),
     ("LOG_LEVEL", "loud", "one of debug, info"),
@@ -33,8 +51,11 @@ BAD_OFFER_SETTINGS = [
 ]
 
 BAD_PARTNER_SETTINGS = [
-    ("PARTNER_LATENCY", "-0.5", "a number >= 0"),
-    ("PARTNER_LATENCY", "slow", "a number >= 0"),
+    ("PARTNER_LATENCY", "-0.5", "a number from 0 to 300"),
+    ("PARTNER_LATENCY", "slow", "a number from 0 to 300"),
+    ("PARTNER_LATENCY", "inf", "a number from 0 to 300"),
+    ("PARTNER_LATENCY", "nan", "a number from 0 to 300"),
+    ("PARTNER_LATENCY", "301", "a number from 0 to 300"),
     ("PORT", "-1", "a TCP port"),
     ("LOG_LEVEL", "chatty", "one of debug"),
 ]
@@ -122,3 +143,96 @@ def test_an_unreachable_redis_at_start_up_is_one_line() -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(f"error: REDIS_URL='{url}' is unreachable: ")
+
+
+def test_credentials_in_the_partner_url_are_refused_and_never_printed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PARTNER_OFFER_URL", "http://user:s3cret-pass@127.0.0.1:8000")
+    with pytest.raises(SystemExit) as stop:
+        settings.load(OfferSettings)
+    assert str(stop.value).startswith("error: PARTNER_OFFER_URL='http://user:***@127.0.0.1:8000' is invalid")
+    assert "credentials" in str(stop.value)
+    assert "s3cret-pass" not in str(stop.value)
+
+
+@pytest.fixture(scope="module")
+def not_redis() -> Iterator[str]:
+    """A server on a free port that answers every connection as a web server would."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    stop.set()
+    thread.join(5)
+    server.close()
+
+
+START_METHODS = ["python script", "uvicorn", "make demo"]
+# (service, variable, value, what the one line says after the variable's value)
+HOSTILE_VALUES = [
+    ("offer", "CIRCUIT_RESET_TIMEOUT", "inf", "is invalid"),
+    ("offer", "CIRCUIT_RESET_TIMEOUT", "1e15", "is invalid"),
+    ("offer", "PARTNER_TIMEOUT", "inf", "is invalid"),
+    ("offer", "PARTNER_OFFER_URL", "http://127.0.0.1:99999", "is invalid"),
+    ("offer", "PARTNER_OFFER_URL", "http://127.0.0.1:abc", "is invalid"),
+    ("offer", "PARTNER_OFFER_URL", "http://partner .example", "is invalid"),
+    ("offer", "PARTNER_OFFER_URL", "http://user:pw@127.0.0.1:8000", "is invalid"),
+    ("offer", "REDIS_URL", "<unreachable>", "is unreachable: "),
+    ("offer", "REDIS_URL", "<not redis>", "does not answer as a Redis server: "),
+    ("partner", "PARTNER_LATENCY", "inf", "is invalid"),
+]
+
+
+def start_command(method: str, service: str, port: int) -> list[str]:
+    module = "offer_service" if service == "offer" else "partner_offer_service"
+    if method == "python script":
+        return [sys.executable, f"{module}.py"]
+    if method == "uvicorn":
+        return [sys.executable, "-m", "uvicorn", f"{module}:app", "--port", str(port)]
+    # `make demo` is honcho on the Procfile; one of its lines, so that no fixed port is taken.
+    return [str(Path(sys.executable).with_name("honcho")), "start", service]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("method", START_METHODS)
+@pytest.mark.parametrize(("service", "variable", "value", "says"), HOSTILE_VALUES)
+def test_a_hostile_setting_stops_every_start_method_with_one_line(
+    not_redis: str, method: str, service: str, variable: str, value: str, says: str
+) -> None:
+    port = free_port()
+    if value == "<unreachable>":
+        value = f"redis://127.0.0.1:{free_port()}/0"
+    elif value == "<not redis>":
+        value = not_redis
+    shown = value.replace(":pw@", ":***@")
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PORT": str(port), variable: value}
+    result = subprocess.run(
+        start_command(method, service, port),
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=25,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if f"error: {variable}=" in line]
+    assert len(lines) == 1, output
+    assert f"error: {variable}={shown!r} {says}" in lines[0]
+    assert ":pw@" not in output
+    if method == "python script":
+        assert result.stderr.strip().splitlines() == lines  # nothing else at all

@@ -1,0 +1,121 @@
+"""What one client may make a service hold: request bytes, and time on an idle connection.
+
+Neither uvicorn nor Starlette bounds all of it by default, and each gap was
+measured on these services:
+
+- **Body.** Starlette reads a body of any size: a 256 MiB unauthenticated
+  `PUT /partner/chaos` took the offer service to 1.1 GB. Both apps pass
+  `MAX_BODY_BYTES` to FastAPI's own `max_body_size` (413 from the
+  `Content-Length` alone, or as soon as the bytes read pass it), and admin
+  checks run before the body is read at all (`admin.py`).
+- **Headers.** uvicorn's httptools protocol (the default when httptools is
+  installed, as `uvicorn[standard]` does) accepts headers of any size: one
+  64 MiB header line was buffered whole. Its h11 protocol stops at 16 KiB,
+  but is about a third slower on `/offer`.
+- **Time.** uvicorn's keep-alive timeout (5 s) starts only after a first
+  answer: a connection that sends nothing, or half a header, or a body that
+  never ends, was held forever (300 of them for as long as the test ran).
+
+`BoundedHttpToolsProtocol` is uvicorn's httptools protocol with the two
+missing bounds added: a request's head must stay under `MAX_HEADER_BYTES`
+(else 431) and a request must arrive whole within `REQUEST_READ_TIMEOUT`
+seconds of its first byte, or of the connection's opening (else 408, or the
+connection closed). `python *_service.py` (and so `make demo`) use it;
+started as `uvicorn offer_service:app`, pass `UVICORN_FLAGS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+# The largest body any route takes is a chaos setting, about 100 bytes.
+MAX_BODY_BYTES = 4 * 1024
+# h11's default and uvicorn's own with `--http h11`; nginx allows 4 x 8 KiB.
+MAX_HEADER_BYTES = 16 * 1024
+# A request line, headers and a 4 KiB body take milliseconds, even from far away.
+REQUEST_READ_TIMEOUT = 5.0
+# uvicorn's default, said here so that it is a decision and not an accident.
+KEEP_ALIVE_TIMEOUT = 5
+PROTOCOL = "http_limits:BoundedHttpToolsProtocol"
+UVICORN_FLAGS = f"--http {PROTOCOL} --timeout-keep-alive {KEEP_ALIVE_TIMEOUT}"
+
+
+def uvicorn_options() -> dict[str, Any]:
+    """The `uvicorn.run` arguments that apply these limits."""
+    return {"http": PROTOCOL, "timeout_keep_alive": KEEP_ALIVE_TIMEOUT}
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with a size limit on headers and a deadline on reading a request."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_bytes = 0
+        self._in_head = False
+        self._read_deadline: asyncio.TimerHandle | None = None
+        self._arm()  # a connection that never sends a byte is closed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        # httptools buffers a header until its end: count the bytes fed while a
+        # head is open, so that no more than one read past the limit is ever held.
+        if self._in_head and self._head_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+            self._refuse(431, "Request header fields too large.")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._head_bytes = True, 0
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._read_deadline = self.loop.call_later(REQUEST_READ_TIMEOUT, self._read_timed_out)
+
+    def _disarm(self) -> None:
+        if self._read_deadline is not None:
+            self._read_deadline.cancel()
+            self._read_deadline = None
+
+    def _read_timed_out(self) -> None:
+        self._read_deadline = None
+        if self.transport.is_closing():
+            return
+        if self._in_head:
+            self._refuse(408, "Request not received in time.")
+        else:
+            # Idle since it opened, or the app is already reading a body that stopped
+            # coming: the app's receive() gets a disconnect.
+            self.transport.close()
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer and close, as uvicorn does with a request it cannot parse."""
+        body = message.encode("ascii")
+        self.transport.write(
+            b"".join(
+                [
+                    STATUS_LINE[status],
+                    b"content-type: text/plain; charset=utf-8\r\n",
+                    b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                    b"connection: close\r\n\r\n",
+                    body,
+                ]
+            )
+        )
+        self.transport.close()
