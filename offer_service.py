@@ -32,7 +32,7 @@ from admin import AdminGuard
 from circuit_breaker import BREAKER_NAME, AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
 from circuit_events import CircuitObserver, Outcome
 from dashboard import STATIC_DIR, build_router
-from partner_client import HttpClientFactory, PartnerClient, PartnerFailure, http_client
+from partner_client import HttpClientFactory, LocalResourceError, PartnerClient, PartnerFailure, http_client
 from redis_state import SharedCircuitState, connect_cluster_aware
 from settings import OfferSettings
 
@@ -71,7 +71,7 @@ def create_app(
                 redis_client = await connect_cluster_aware(settings.redis_url)
             except (redis.RedisError, OSError) as exc:
                 raise settings_module.SettingsError(redis_error_line(settings.redis_url, exc)) from None
-        breaker = app.state.breaker = build_breaker(settings, redis_client)
+        breaker = app.state.breaker = build_breaker(settings, redis_client, not_counted=(LocalResourceError,))
         observer = app.state.observer = CircuitObserver(BREAKER_NAME)
         breaker.breaker.add_listener(observer)
         if breaker.shared:
@@ -123,6 +123,10 @@ def create_app(
             reason, outcome = exc.reason, "failure"
         except PartnerRejected as exc:
             reason, outcome = str(exc), "excluded"
+        except LocalResourceError as exc:
+            # This process is out of descriptors or connections: the partner was
+            # not asked, so for the counts, as for the breaker, it is not its failure.
+            reason, outcome = exc.reason, "rejected"
         else:
             observer.served("success")
             return _offer_response(hot, {"X-Offer-Source": "partner", "X-Circuit-State": breaker.state_name})

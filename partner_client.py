@@ -120,11 +120,11 @@ class PartnerClient:
         # third of the client's CPU per call, measured. This request never
         # changes and httpx does not modify a request it sends, so it is built once.
         self._request = client.build_request("GET", HOT_OFFER_PATH)
-        # The aiohttp transport reports a wait for a free connection and a slow
-        # connect the same way (a timeout); counting the calls in flight here
-        # tells them apart: waiting for a slot is this process's limit.
-        self._slots = asyncio.Semaphore(max_connections)
+        # A bulkhead: past this many calls in flight (a partner that got slow
+        # holds them all), the next call fails at once instead of queueing for a
+        # connection; `LocalResourceError`, since the pool is this process's.
         self._max_connections = max_connections
+        self._in_flight = 0
         self._local_trouble = OncePerBurst(log, "cannot call the partner, this process is out of resources")
 
     async def fetch_hot_offer(self) -> str:
@@ -153,26 +153,25 @@ class PartnerClient:
         read or write, and a partner that drips its body one byte at a time
         never trips them. Raises `PartnerFailure` or `LocalResourceError`.
         """
+        if self._in_flight >= self._max_connections:
+            raise self._local(f"all {self._max_connections} connections to the partner in use")
+        self._in_flight += 1
         started = time.perf_counter()
-        has_slot = False
+        reached = True
         try:
             async with asyncio.timeout(self._timeout):
-                async with self._slots:
-                    has_slot = True
-                    response = await self.client.send(request, stream=True)
-                    try:
-                        body = await read_body(response, limit)
-                    finally:
-                        await response.aclose()
+                response = await self.client.send(request, stream=True)
+                try:
+                    body = await read_body(response, limit)
+                finally:
+                    await response.aclose()
         except TimeoutError:
-            if not has_slot:
-                detail = f"all {self._max_connections} connections to the partner busy for {self._timeout}s"
-                raise self._local(detail) from None
             raise PartnerFailure("partner-timeout", f"no answer within {self._timeout}s") from None
         except PartnerFailure:
             raise
         except Exception as exc:
             if (cause := _local_cause(exc)) is not None:
+                reached = False
                 raise self._local(str(cause)) from exc
             if isinstance(exc, httpx.TransportError):
                 raise PartnerFailure(_transport_reason(exc), repr(exc.__cause__ or exc)) from exc
@@ -182,7 +181,8 @@ class PartnerClient:
             log.warning("partner answer could not be read: %r", exc)
             raise PartnerFailure("partner-protocol-error", repr(exc)) from exc
         finally:
-            if has_slot:
+            self._in_flight -= 1
+            if reached:
                 metrics.PARTNER_LATENCY.observe(time.perf_counter() - started)
         return response, body
 
