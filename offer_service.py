@@ -82,9 +82,11 @@ def create_app(
                 app.state.partner = PartnerClient(client, settings.partner_timeout)
                 yield
         finally:
+            # Bounded (redis_state.STOP_TIMEOUT) whatever the Redis client does with
+            # the cancellation of its tasks: SIGTERM always ends the process.
             if breaker.shared:
                 await breaker.shared.stop()
-            log.info("shutdown: the partner client and the Redis connections are closed")
+        log.info("shutdown: the partner client and the Redis connections are closed")
 
     app = FastAPI(
         title="Offer service",

@@ -87,20 +87,25 @@ RECONNECT_INTERVAL = 0.5
 MAX_OUTBOX = 64
 STOP_TIMEOUT = 2.0
 Trial = Literal["granted", "busy", "open", "closed"]
+Source = Literal["write", "read", "message", "seed"]
+COUNTS = ("failures", "reset-failures")  # outbox entries that count; the others are transitions
 
 _SNAPSHOT = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
--- state, fail counter, age of the open period in ms on Redis's clock, version, exists
+-- state, fail counter, age of the open period in ms on Redis's clock, version, exists,
+-- and seq, bumped by every change, so that an older snapshot is told from a newer one
 local function snapshot()
-  local s = redis.call('HMGET', KEYS[1], 'state', 'fail_counter', 'opened_at', 'version')
+  local s = redis.call('HMGET', KEYS[1], 'state', 'fail_counter', 'opened_at', 'version', 'seq')
   local age = ''
   if s[3] then age = tostring(now_ms() - tonumber(s[3])) end
-  return {s[1] or 'closed', s[2] or '0', age, s[4] or '0', tostring(redis.call('EXISTS', KEYS[1]))}
+  local exists = tostring(redis.call('EXISTS', KEYS[1]))
+  return {s[1] or 'closed', s[2] or '0', age, s[4] or '0', exists, s[5] or '0'}
 end
 local function publish()
+  redis.call('HINCRBY', KEYS[1], 'seq', 1)
   redis.call('PUBLISH', ARGV[1], table.concat(snapshot(), ','))
 end
 local function transition(to, open_age_ms)
@@ -186,7 +191,7 @@ _INIT = (
     _SNAPSHOT
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'state', 'closed', 'fail_counter', 0, 'version', 1)
+  redis.call('HSET', KEYS[1], 'state', 'closed', 'fail_counter', 0, 'version', 1, 'seq', 0)
 end
 redis.call('HSETNX', KEYS[1], 'fail_max', ARGV[2])
 redis.call('HSETNX', KEYS[1], 'reset_timeout_ms', ARGV[3])
@@ -198,7 +203,7 @@ return reply
 )
 
 # KEYS: circuit hash, trial lease. ARGV: channel, state ('open' or 'closed'),
-# fail counter, age of the open period in ms, the version this instance had seen.
+# fail counter, age of the open period in ms, the version and seq this instance had seen.
 # Writes this instance's view where Redis lost the circuit; where another instance
 # seeded it first, an open view still wins over a seeded closed one.
 _SEED = (
@@ -212,7 +217,8 @@ if s[2] and tonumber(s[2]) >= seen then
   end
   return snapshot()
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'fail_counter', ARGV[3], 'version', seen + 1, 'seeded', 1)
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'fail_counter', ARGV[3], 'version', seen, 'seeded', 1,
+           'seq', ARGV[6])
 if ARGV[2] == 'open' then redis.call('HSET', KEYS[1], 'opened_at', now_ms() - tonumber(ARGV[4])) end
 redis.call('DEL', KEYS[2])
 publish()
@@ -232,13 +238,15 @@ class Shared:
     open_age: float | None
     version: int
     exists: bool
+    seq: int
 
     @classmethod
     def parse(cls, fields: list[Any]) -> Shared:
-        state, counter, age, version, exists = (
-            f.decode() if isinstance(f, bytes) else str(f) for f in fields[:5]
+        state, counter, age, version, exists, seq = (
+            f.decode() if isinstance(f, bytes) else str(f) for f in fields[:6]
         )
-        return cls(state, int(counter), int(age) / 1000 if age else None, int(version), exists == "1")
+        age_seconds = int(age) / 1000 if age else None
+        return cls(state, int(counter), age_seconds, int(version), exists == "1", int(seq))
 
 
 def connect(url: str) -> Redis:
@@ -320,6 +328,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         self._success_counter = 0
         self._opened_clock: float | None = None  # when the open period began, on `clock`
         self._version = 0  # the latest version heard from Redis
+        self._seq = 0  # the latest change heard from Redis
         self._next_base = 0  # the version the next write is based on
         self.generation = 0  # bumped whenever the state or its version changes
         self._busy_until: float | None = None  # another instance holds the trial lease
@@ -420,7 +429,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         if verdict == "lost":
             self._suspect_lost()
             return "open"
-        self._heard(Shared.parse(reply[1:]), authoritative=True)
+        self._heard(Shared.parse(reply[1:]), "read")
         if verdict == "busy":
             self._busy_until = self._clock() + self._lease_ms / 1000
         return verdict  # type: ignore[no-any-return]
@@ -441,60 +450,61 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         reply = await shielded(
             self._init(keys=self._keys, args=[self._channel, self._fail_max, self._reset_timeout_ms])
         )
-        self._warn_if_settings_differ(reply[5], reply[6])
-        self._heard(Shared.parse(reply), authoritative=True, force=True)
+        self._warn_if_settings_differ(reply[6], reply[7])
+        self._heard(Shared.parse(reply), "seed")
         self.connected = True
         self._supervisor = asyncio.create_task(self._supervise(), name="redis-state")
 
     async def stop(self) -> None:
-        """Return within STOP_TIMEOUT whatever the client does with cancellation."""
+        """Write what is left, then end the background work: within STOP_TIMEOUT whatever
+        the Redis client does with the cancellation of its tasks."""
         self._stopping = True
+        self._wake.set()  # the writer sends what is left, then returns
         started = time.monotonic()
         tasks = {t for t in (self._supervisor, *self._pending) if t is not None and not t.done()}
-        await self._final_flush()
-        for task in tasks:
+        _, running = await asyncio.wait(tasks, timeout=STOP_TIMEOUT / 4) if tasks else (set(), set())
+        for task in running:
             task.cancel()
-        _, still_running = await asyncio.wait(tasks, timeout=STOP_TIMEOUT / 4) if tasks else (set(), set())
         # Closing the connections breaks any read still pending.
         closing = asyncio.ensure_future(self._client.aclose())
         left = max(0.05, STOP_TIMEOUT - (time.monotonic() - started))
-        _, abandoned = await asyncio.wait({closing, *still_running}, timeout=left)
+        _, abandoned = await asyncio.wait({closing, *running}, timeout=left)
+        unwritten = len(self._outbox) + len(self._in_flight)
+        if unwritten:
+            # Safe to lose: the fleet goes on deciding on its own counts, and a lost
+            # transition is made again by the next failures or the next trial.
+            log.warning("stopped with %d circuit update(s) not written to Redis", unwritten)
         if abandoned:
             log.warning(
                 "stopped with %d Redis task(s) still running after %.1fs: abandoned", len(abandoned), left
             )
 
-    async def _final_flush(self) -> None:
-        pending = len(self._outbox)
-        if not pending or not self.connected:
-            if pending:
-                log.warning("stopped with %d unwritten circuit update(s): Redis was unreachable", pending)
-            return
-        batch, self._outbox = self._outbox, []
-        try:
-            await asyncio.wait_for(shielded(self._write(batch)), REDIS_TIMEOUT)
-        except (RedisError, OSError, TimeoutError):
-            log.warning("stopped with %d unwritten circuit update(s): Redis did not answer", len(batch))
-
-    def _heard(self, shared: Shared, authoritative: bool = False, force: bool = False) -> None:
+    def _heard(self, shared: Shared, source: Source) -> None:
         """Take Redis's view, plus this process's writes that have not reached it yet.
 
-        `authoritative`: the reply to this process's own write or read, which
-        settles the writes it carried. A pub/sub message may overtake such a
-        reply; at the same version it does not undo local writes on their way
-        to Redis.
+        Only the reply to this process's own write settles the writes it
+        carried. A read or a pub/sub message may have been made before a write
+        of ours landed: at the same version, while writes are on their way, it
+        would roll back the failures counted since, so it is left for the
+        write's reply; nor does a reply undo a transition made here and not
+        sent yet. A `seed` (start-up, a re-seeded record) is taken whole.
         """
-        if not force and (not shared.exists or shared.version < self._version):
+        if source != "seed" and (not shared.exists or shared.version < self._version):
             self._suspect_lost()
             return
-        self._busy_until = None if not authoritative else self._busy_until
-        if not force and not authoritative and shared.version == self._version and self._writes_pending():
-            # Most likely the echo of a write of ours still on its way: its reply
-            # settles it. Taking the echo would drop the failures counted since.
-            return
+        if source != "seed" and shared.seq < self._seq:
+            return  # taken before a snapshot already heard: a reply or a message that came late
+        if source == "message":
+            self._busy_until = None  # something changed: a released lease, say
+        if source != "seed" and shared.version == self._version:
+            # Redis has not seen some writes of ours yet: the reply to them settles it.
+            if source == "write" and any(e[0] not in COUNTS for e in self._outbox):
+                return  # a transition made here, not sent yet
+            if source != "write" and self._writes_pending():
+                return
         state_changed = shared.state != self._state
         version_changed = shared.version != self._version
-        self._version = shared.version
+        self._version, self._seq = shared.version, shared.seq
         if not self._transitions_pending():
             self._next_base = shared.version
         self._fail_counter = self._with_unsent_failures(shared.fail_counter)
@@ -528,7 +538,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
     def _count(self, reset: bool) -> None:
         """Coalesce a failure or a reset into the last entry when it is a count at the same base."""
         last = self._outbox[-1] if self._outbox else None
-        if last and last[0] in ("failures", "reset-failures") and last[1] == self._next_base:
+        if last and last[0] in COUNTS and last[1] == self._next_base:
             if reset:
                 last[0], last[2] = "reset-failures", 0
             else:
@@ -539,7 +549,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
 
     def _with_unsent_failures(self, counter: int) -> int:
         for op, base, count in self._outbox:
-            if base == self._next_base and op in ("failures", "reset-failures"):
+            if base == self._next_base and op in COUNTS:
                 counter = count if op == "reset-failures" else counter + count
         return counter
 
@@ -547,7 +557,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         return bool(self._in_flight or self._outbox)
 
     def _transitions_pending(self) -> bool:
-        return any(e[0] != "failures" and e[0] != "reset-failures" for e in (*self._in_flight, *self._outbox))
+        return any(e[0] not in COUNTS for e in (*self._in_flight, *self._outbox))
 
     def _suspect_lost(self) -> None:
         self._lost_record = True
@@ -559,7 +569,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
     async def _write(self, batch: list[list[Any]]) -> None:
         args = [self._channel, self._fail_max, *(value for entry in batch for value in entry)]
         reply = await shielded(self._apply(keys=self._keys, args=args))
-        self._heard(Shared.parse(reply), authoritative=True)
+        self._heard(Shared.parse(reply), "write")
 
     async def _supervise(self) -> None:
         while not self._stopping:
@@ -574,12 +584,14 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
                 self._lose(failure.exceptions[0])
 
     async def _write_outbox(self) -> None:
-        while not self._stopping:
+        while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._lost_record:
+            if self._lost_record and not self._stopping:
                 await self._check_record()
             if not self._outbox:
+                if self._stopping:
+                    return
                 continue
             self._in_flight, self._outbox = self._outbox, []
             try:
@@ -590,6 +602,8 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
                 raise
             finally:
                 self._in_flight = []
+            if self._stopping:
+                self._wake.set()  # once more: return, or send what came in meanwhile
 
     async def _follow_changes(self) -> None:
         pubsub = self._client.pubsub()
@@ -601,9 +615,9 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
                     pubsub.get_message(ignore_subscribe_messages=True, timeout=REFRESH_INTERVAL / 4)
                 )
                 if message is not None:
-                    self._heard(Shared.parse(message["data"].split(b",")))
+                    self._heard(Shared.parse(message["data"].split(b",")), "message")
                 if time.monotonic() >= refresh_at:
-                    self._heard(await self._read(), authoritative=True)
+                    self._heard(await self._read(), "read")
                     refresh_at = time.monotonic() + REFRESH_INTERVAL
         finally:
             closing = asyncio.ensure_future(pubsub.aclose())  # type: ignore[no-untyped-call]
@@ -615,7 +629,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         self._lost_record = False
         shared = await self._read()
         if shared.exists and shared.version >= self._version:
-            self._heard(shared, authoritative=True)
+            self._heard(shared, "read")
             return
         await self._seed_from_view(reason="missing" if not shared.exists else "older than this instance's")
 
@@ -631,6 +645,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             self._fail_counter,
             int(age * 1000),
             self._version,
+            self._seq,
         ]
         shared = Shared.parse(await shielded(self._seed(keys=self._keys, args=args)))
         log.warning(
@@ -640,7 +655,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             shared.state,
         )
         self._outbox.clear()  # based on the lost versions: Redis would refuse them
-        self._heard(shared, authoritative=True, force=True)
+        self._heard(shared, "seed")
 
     def _lose(self, error: BaseException) -> None:
         if not self.connected:
@@ -664,7 +679,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
                     await self._seed_from_view(reason="reset while it was unreachable")
                 elif shared.version > self._version:
                     self._outbox.clear()  # based on a generation the fleet has left
-                    self._heard(shared, authoritative=True, force=True)
+                    self._heard(shared, "seed")
             except (RedisError, OSError):
                 continue
             self.connected = True
