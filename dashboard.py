@@ -101,7 +101,7 @@ def build_router(admin: AdminGuard) -> APIRouter:
         summary="Force the circuit open (admin)",
     )
     async def force_open(request: Request) -> dict[str, Any]:
-        breaker_of(request).breaker.open()
+        breaker_of(request).force_open()
         return breaker_of(request).snapshot()
 
     @guarded.post(
@@ -109,7 +109,7 @@ def build_router(admin: AdminGuard) -> APIRouter:
         summary="Force the circuit closed (admin)",
     )
     async def force_close(request: Request) -> dict[str, Any]:
-        breaker_of(request).breaker.close()
+        breaker_of(request).force_close()
         return breaker_of(request).snapshot()
 
     @guarded.post(
@@ -117,7 +117,7 @@ def build_router(admin: AdminGuard) -> APIRouter:
         summary="Close the circuit and clear the dashboard's history (admin)",
     )
     async def reset(request: Request) -> dict[str, Any]:
-        breaker_of(request).breaker.close()
+        breaker_of(request).force_close()
         observer_of(request).clear()
         return breaker_of(request).snapshot()
 

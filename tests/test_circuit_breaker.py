@@ -176,7 +176,7 @@ async def test_a_stale_failure_does_not_count_against_a_newer_state() -> None:
 
     slow = asyncio.create_task(breaker.call(slow_failure))
     await asyncio.wait_for(started.wait(), BOUND)
-    breaker.breaker.close()  # a new closed state, as an operator's reset makes one
+    breaker.force_close()  # a new generation, as an operator's close makes one
     finish.set()
     with pytest.raises(PartnerDown):
         await asyncio.wait_for(slow, BOUND)
@@ -196,7 +196,7 @@ async def test_a_stale_success_does_not_reset_a_newer_states_failures() -> None:
 
     slow = asyncio.create_task(breaker.call(slow_success))
     await asyncio.wait_for(started.wait(), BOUND)
-    breaker.breaker.close()
+    breaker.force_close()
     for _ in range(2):
         with pytest.raises(PartnerDown):
             await breaker.call(fail)

@@ -159,3 +159,17 @@ def test_concurrent_requests_do_not_serialize_through_the_breaker(
     assert all(response.headers["x-offer-source"] == "partner" for response in responses)
     # Serialized, 30 calls of 0.3 s would take 9 s.
     assert elapsed < latency * 5
+
+
+def test_forcing_a_state_twice_answers_200_and_records_one_transition(offers: Service) -> None:
+    for path in ("open", "open", "close", "close"):
+        response = httpx.post(f"{offers.url}/offer/circuit/{path}", timeout=10)
+        assert response.status_code == 200, response.text
+    metrics = offers.get("/metrics").text
+    transitions = [
+        line for line in metrics.splitlines() if line.startswith("circuit_breaker_transitions_total{")
+    ]
+    assert any('from_state="closed",to_state="open"} 1.0' in line for line in transitions), transitions
+    assert any('from_state="open",to_state="closed"} 1.0' in line for line in transitions), transitions
+    assert not any('from_state="open",to_state="open"' in line for line in transitions)
+    assert not any('from_state="closed",to_state="closed"' in line for line in transitions)
