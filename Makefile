@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # honcho runs each Procfile line through the shell: put the venv's python first.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test scenario lint bench soak clean
+.PHONY: demo test test-versions scenario lint bench soak clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -32,6 +32,30 @@ demo: $(VENV)/.runtime
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest
 
+## test-versions: the breaker, shared-state and end-to-end tests on every other Python the README
+## promises, each in its own .venv-X.Y (python3.X from PATH, else pyenv's latest 3.X)
+PYTHONS ?= 3.12 3.13
+VERSION_TESTS ?= tests/test_circuit_breaker.py tests/test_redis_state.py tests/test_fleet_state.py \
+	tests/test_end_to_end.py
+python_for = $(shell python$(1) -c 'import sys; print(sys.executable)' 2>/dev/null \
+	|| PYENV_VERSION=$$(pyenv latest $(1) 2>/dev/null) python$(1) -c 'import sys; print(sys.executable)' 2>/dev/null)
+
+.venv-%/bin/python:
+	@test -n "$(call python_for,$*)" || { echo "error: no Python $* found (pyenv install $*, or put python$* on PATH)"; exit 1; }
+	$(call python_for,$*) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install --quiet --upgrade pip
+
+.venv-%/.dev: requirements.txt requirements-dev.txt | .venv-%/bin/python
+	.venv-$*/bin/python -m pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+# Both named, so that make neither deletes nor skips the interpreter as an intermediate file.
+test-versions: $(foreach v,$(PYTHONS),.venv-$(v)/bin/python .venv-$(v)/.dev)
+	@status=0; for v in $(PYTHONS); do \
+		echo "== Python $$v: $(VERSION_TESTS)"; \
+		.venv-$$v/bin/python -m pytest $(VERSION_TESTS) || status=1; \
+	done; exit $$status
+
 ## scenario: drive the walkthrough against the running demo, or against its own services
 scenario: $(VENV)/.runtime
 	$(BIN)/python scenario.py
@@ -42,9 +66,11 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## bench: requests/s and latency of /offer against the naive pattern (bench/README.md)
+## bench: CPU per request, requests/s and latency of /offer against the naive pattern and the ceilings,
+## in interleaved rounds, with medians and ranges (bench/README.md); BENCH_ARGS="--rounds 7" and so on
+BENCH_ARGS ?=
 bench: $(VENV)/.dev
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 ## soak: 60 s of partner faults and a Redis outage under 50 clients (bench/soak.py); SOAK_SECONDS=15 for short
 SOAK_SECONDS ?= 60

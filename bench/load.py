@@ -19,6 +19,7 @@ import aiohttp
 
 @dataclass(frozen=True)
 class LoadResult:
+    requests: int  # answered, whatever their status: the work the service did
     requests_per_second: float
     p50_ms: float
     p99_ms: float
@@ -65,19 +66,21 @@ def _wrk(url: str, duration: float, connections: int) -> LoadResult:
         return float(match.group(1)) * _UNITS_MS[match.group(2)]
 
     rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    if rate is None:
-        raise ValueError(f"no Requests/sec in wrk output:\n{output}")
+    count = re.search(r"^\s*(\d+) requests in", output, re.MULTILINE)
+    if rate is None or count is None:
+        raise ValueError(f"no Requests/sec or request count in wrk output:\n{output}")
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     errors = int(non_2xx.group(1)) if non_2xx else 0
     if socket_errors:
         errors += sum(int(group) for group in socket_errors.groups())
-    return LoadResult(float(rate.group(1)), latency("50"), latency("99"), errors, "wrk")
+    return LoadResult(int(count.group(1)), float(rate.group(1)), latency("50"), latency("99"), errors, "wrk")
 
 
 async def _python_load(url: str, duration: float, connections: int) -> LoadResult:
     timeline = await run_timeline(url, duration, connections)
     return LoadResult(
+        len(timeline.latencies),
         timeline.requests_per_second,
         timeline.percentile_ms(50),
         timeline.percentile_ms(99),
@@ -100,6 +103,8 @@ class Timeline:
         return len(self.latencies) / self.duration
 
     def percentile_ms(self, percentile: int) -> float:
+        if len(self.latencies) < 2:  # a very short run of a very slow case
+            return self.latencies[0] * 1000 if self.latencies else float("nan")
         return statistics.quantiles(self.latencies, n=100)[percentile - 1] * 1000
 
     def recovery_seconds(self, fast: float) -> float | None:

@@ -1,24 +1,41 @@
 """Cost per guarded async call: this project's breaker beside pybreaker and peer libraries.
 
-    python bench/micro.py [--redis-url redis://127.0.0.1:6379/15]
+    python bench/micro.py [--repeats 7] [--redis-url redis://127.0.0.1:6379/15] [--no-instructions]
 
 Every breaker guards the same trivial coroutine in a closed circuit; the
 coroutine awaited bare is measured too and subtracted, so each number is what
-the breaker itself adds to one call, in microseconds.
+the breaker itself adds to one call.
+
+Two measures. Time, in microseconds: each repeat times the bare coroutine and
+then every breaker, one after the other, and the figure is the median over the
+repeats with its range; it moves with the machine's other load. Instructions,
+counted by `valgrind --tool=callgrind` (when installed) over the same calls in
+a child process: the same on a busy machine as on an idle one, so the figure
+to judge a change of the bookkeeping by. Without `--redis-url` the Redis
+storages get a throwaway redis-server of their own, so no circuit left open
+by anyone else is found.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR.parent))
 
 import aiobreaker
 import circuitbreaker
@@ -26,11 +43,19 @@ import purgatory
 import pybreaker
 import redis
 
+from bench.spread import Spread
 from circuit_breaker import build_breaker
 from redis_state import connect_cluster_aware
 from settings import OfferSettings
+from tests.processes import RedisServer, redis_server_binary
 
 GuardedCall = Callable[[], Awaitable[object]]
+BARE = "bare coroutine"
+# Calls counted per breaker under callgrind (about 50 times slower than without).
+COUNTED_CALLS = 2_000
+# The child marks the start and end of every breaker's calls with this call: callgrind
+# dumps its counts on entering the C function behind it (`--dump-before=os_getppid`).
+MARKER_FUNCTION = "os_getppid"
 
 
 async def trivial() -> str:
@@ -40,19 +65,22 @@ async def trivial() -> str:
 @dataclass(frozen=True)
 class MicroResult:
     name: str
-    microseconds_per_call: float
+    microseconds: Spread  # per guarded call, over the repeats
+    instructions: float | None = None  # per guarded call, under callgrind
+
+
+@dataclass(frozen=True)
+class Candidate:
+    call: GuardedCall
+    iterations: int  # per timed repeat: about a tenth of a second each
 
 
 async def per_call(call: GuardedCall, iterations: int) -> float:
-    for _ in range(min(iterations, 1000)):
+    """Seconds per call of `iterations` calls in a row."""
+    started = time.perf_counter()
+    for _ in range(iterations):
         await call()
-    best = float("inf")
-    for _ in range(3):  # best of three: the least disturbed by the rest of the machine
-        started = time.perf_counter()
-        for _ in range(iterations):
-            await call()
-        best = min(best, (time.perf_counter() - started) / iterations)
-    return best * 1e6
+    return (time.perf_counter() - started) / iterations
 
 
 def _pybreaker_call(breaker: pybreaker.CircuitBreaker) -> GuardedCall:
@@ -63,69 +91,192 @@ def _pybreaker_call(breaker: pybreaker.CircuitBreaker) -> GuardedCall:
     return call
 
 
-async def candidates(redis_url: str | None) -> dict[str, tuple[GuardedCall, int]]:
+@asynccontextmanager
+async def candidates(redis_url: str | None) -> AsyncIterator[dict[str, Candidate]]:
+    """Every breaker ready to guard `trivial`, the bare coroutine first; stopped on exit."""
     settings = OfferSettings(circuit_fail_max=3, circuit_reset_timeout=15)
     ours = build_breaker(settings)
-    calls: dict[str, tuple[GuardedCall, int]] = {
-        "this project, memory state": (lambda: ours.call(trivial), 50_000),
-        "pybreaker, CircuitMemoryStorage": (_pybreaker_call(pybreaker.CircuitBreaker(fail_max=3)), 50_000),
+    calls = {
+        BARE: Candidate(trivial, 100_000),
+        "this project, memory state": Candidate(lambda: ours.call(trivial), 50_000),
+        "pybreaker, CircuitMemoryStorage": Candidate(
+            _pybreaker_call(pybreaker.CircuitBreaker(fail_max=3)), 50_000
+        ),
     }
-    if redis_url:
-        namespace = f"micro-{uuid.uuid4().hex[:8]}"
-        client = redis.Redis.from_url(redis_url)
-        ours_redis = build_breaker(settings, await connect_cluster_aware(redis_url))
-        assert ours_redis.shared is not None
-        await ours_redis.shared.start()
-        storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace=namespace)
-        calls["this project, Redis state"] = (lambda: ours_redis.call(trivial), 50_000)
-        calls["pybreaker, CircuitRedisStorage"] = (
-            _pybreaker_call(pybreaker.CircuitBreaker(fail_max=3, state_storage=storage)),
-            2_000,
-        )
+    async with AsyncExitStack() as stack:
+        if redis_url:
+            ours_redis = build_breaker(settings, await connect_cluster_aware(redis_url))
+            shared = ours_redis.shared
+            assert shared is not None
+            await shared.start()
+            stack.push_async_callback(shared.stop)
+            client = redis.Redis.from_url(redis_url)
+            stack.callback(client.close)
+            namespace = f"micro-{uuid.uuid4().hex[:8]}"
+            storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace=namespace)
+            calls["this project, Redis state"] = Candidate(lambda: ours_redis.call(trivial), 50_000)
+            calls["pybreaker, CircuitRedisStorage"] = Candidate(
+                _pybreaker_call(pybreaker.CircuitBreaker(fail_max=3, state_storage=storage)), 2_000
+            )
 
-    aio = aiobreaker.CircuitBreaker(fail_max=3)
-    calls["aiobreaker"] = (lambda: aio.call_async(trivial), 50_000)
+        aio = aiobreaker.CircuitBreaker(fail_max=3)
+        calls["aiobreaker"] = Candidate(lambda: aio.call_async(trivial), 50_000)
 
-    factory = purgatory.AsyncCircuitBreakerFactory(default_threshold=3, default_ttl=15)
-    await factory.initialize()
+        factory = purgatory.AsyncCircuitBreakerFactory(default_threshold=3, default_ttl=15)
+        await factory.initialize()
 
-    async def purgatory_call() -> object:
-        async with await factory.get_breaker("partner"):
+        async def purgatory_call() -> object:
+            async with await factory.get_breaker("partner"):
+                return await trivial()
+
+        calls["purgatory"] = Candidate(purgatory_call, 20_000)
+
+        @circuitbreaker.circuit(failure_threshold=3, recovery_timeout=15)  # type: ignore[untyped-decorator]
+        async def decorated() -> str:
             return await trivial()
 
-    calls["purgatory"] = (purgatory_call, 20_000)
-
-    @circuitbreaker.circuit(failure_threshold=3, recovery_timeout=15)
-    async def decorated() -> str:
-        return await trivial()
-
-    calls["circuitbreaker"] = (decorated, 50_000)
-    return calls
+        calls["circuitbreaker"] = Candidate(decorated, 50_000)
+        yield calls
 
 
-async def run(redis_url: str | None, quick: bool = False) -> list[MicroResult]:
-    scale = 0.02 if quick else 1.0
-    bare = await per_call(trivial, int(100_000 * scale))
+async def timings(redis_url: str | None, repeats: int, scale: float) -> dict[str, list[float]]:
+    """Microseconds each breaker adds to a call, one figure per repeat.
+
+    The bare coroutine is timed in every repeat and subtracted from that
+    repeat's figures, so a repeat slowed down by the rest of the machine is
+    slowed down on both sides of the subtraction."""
+    async with candidates(redis_url) as calls:
+        for candidate in calls.values():  # warm up: first calls, caches
+            await per_call(candidate.call, min(candidate.iterations, 1000))
+        added: dict[str, list[float]] = {name: [] for name in calls if name != BARE}
+        for _ in range(repeats):
+            bare = await per_call(trivial, max(10, int(calls[BARE].iterations * scale)))
+            for name, candidate in calls.items():
+                if name != BARE:
+                    seconds = await per_call(candidate.call, max(10, int(candidate.iterations * scale)))
+                    added[name].append(max(0.0, seconds - bare) * 1e6)
+        return added
+
+
+async def count_in_child(redis_url: str | None, calls_each: int) -> None:
+    """Run under callgrind: every breaker's calls between two markers, after a warm-up."""
+    async with candidates(redis_url) as calls:
+        for candidate in calls.values():
+            await per_call(candidate.call, 200)
+        gc.collect()
+        gc.freeze()  # what was built so far is not walked again by every collection below
+        for candidate in calls.values():
+            os.getppid()
+            await per_call(candidate.call, calls_each if candidate.iterations > 2_000 else calls_each // 10)
+        os.getppid()
+        print(json.dumps(list(calls)), flush=True)
+
+
+def instructions(redis_url: str | None, calls_each: int = COUNTED_CALLS) -> tuple[dict[str, float], str]:
+    """Instructions each breaker adds to a call, counted by callgrind; and a note when not counted."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return {}, "instructions not counted: valgrind is not installed (apt-get install valgrind)"
+    with tempfile.TemporaryDirectory(prefix="bench-callgrind-") as workdir:
+        args = [
+            valgrind,
+            "--tool=callgrind",
+            f"--dump-before={MARKER_FUNCTION}",
+            f"--callgrind-out-file={workdir}/callgrind.out",
+            sys.executable,
+            str(BENCH_DIR / "micro.py"),
+            "--count-in-child",
+            str(calls_each),
+        ]
+        if redis_url:
+            args += ["--redis-url", redis_url]
+        # A fixed hash seed: the same dict layouts, so the same counts from one run to the next.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        child = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+        names = json.loads(child.stdout.strip().splitlines()[-1]) if child.stdout.strip() else []
+        # Dump k (k >= 1) holds what ran since dump k-1: dump 1 the start-up, dump k+1 the k-th breaker.
+        counts = [_total(Path(workdir, f"callgrind.out.{k}")) for k in range(2, len(names) + 2)]
+        if child.returncode != 0 or not names or None in counts:
+            return {}, (
+                f"instructions not counted: callgrind run failed (exit {child.returncode}):\n"
+                f"{child.stdout[-1000:]}{child.stderr[-2000:]}"
+            )
+    per_phase = dict(zip(names, counts, strict=True))
+    bare = per_phase.pop(BARE)
+    assert bare is not None
+    result = {}
+    for name, count in per_phase.items():
+        assert count is not None
+        made = calls_each if name != "pybreaker, CircuitRedisStorage" else calls_each // 10
+        result[name] = max(0.0, count / made - bare / calls_each)
+    return result, ""
+
+
+def _total(dump: Path) -> int | None:
+    if not dump.exists():
+        return None
+    for line in dump.read_text().splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    return None
+
+
+async def run(
+    redis_url: str | None, repeats: int = 7, quick: bool = False, count_instructions: bool = True
+) -> tuple[list[MicroResult], str]:
+    """Every breaker's cost per call; and a note on what was not measured."""
+    added = await timings(redis_url, repeats=2 if quick else repeats, scale=0.02 if quick else 1.0)
+    counted, note = instructions(redis_url) if count_instructions else ({}, "")
     results = []
-    for name, (call, iterations) in (await candidates(redis_url)).items():
-        cost = await per_call(call, max(10, int(iterations * scale)))
-        results.append(MicroResult(name, max(0.0, cost - bare)))
-    return results
+    for name, samples in added.items():
+        spread = Spread.of(samples)
+        assert spread is not None
+        results.append(MicroResult(name, spread, counted.get(name)))
+    return results, note
 
 
 def table(results: list[MicroResult]) -> str:
-    lines = ["| breaker | us per guarded call |", "|---|---:|"]
-    lines += [f"| {result.name} | {result.microseconds_per_call:.1f} |" for result in results]
+    repeats = max((r.microseconds.count for r in results), default=0)
+    lines = [
+        f"| breaker | us per guarded call, median (min-max) of {repeats} runs "
+        "| instructions per guarded call (callgrind) |",
+        "|---|---:|---:|",
+    ]
+    for r in results:
+        counted = f"{r.instructions:,.0f}" if r.instructions is not None else ""
+        lines.append(f"| {r.name} | {r.microseconds.format(1)} | {counted} |")
     return "\n".join(lines)
+
+
+def throwaway_redis(stack: ExitStack) -> str | None:
+    """A redis-server of its own for this run, stopped with `stack`; None without the binary."""
+    binary = redis_server_binary()
+    if binary is None:
+        return None
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-redis-")))
+    server = RedisServer(binary, workdir).start()
+    stack.callback(server.stop)
+    return server.url
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs of every breaker (default 7)")
     parser.add_argument("--redis-url", default=None, help="a Redis to measure the Redis storages against")
+    parser.add_argument("--no-instructions", action="store_true", help="skip the count under callgrind")
+    parser.add_argument("--count-in-child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    print(table(asyncio.run(run(args.redis_url))))
+    if args.count_in_child:
+        asyncio.run(count_in_child(args.redis_url, args.count_in_child))
+        return 0
+    with ExitStack() as stack:
+        redis_url = args.redis_url or throwaway_redis(stack)
+        results, note = asyncio.run(run(redis_url, args.repeats, count_instructions=not args.no_instructions))
+    print(table(results))
+    if note:
+        print(f"\n{note}", file=sys.stderr)
     return 0
 
 

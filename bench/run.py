@@ -1,13 +1,25 @@
-"""Requests/s and latency of the offer service beside the naive pattern, peers and ceilings, in one run.
+"""CPU per request, requests/s and latency of the offer service beside the naive pattern, peers and ceilings.
 
-    python bench/run.py [--duration 5] [--connections 50] [--only TEXT] [--smoke]
+    python bench/run.py [--rounds 5] [--duration 2] [--connections 50] [--only TEXT] [--smoke]
 
-Starts every case as its own uvicorn process on a free port (one worker, no
-access log), puts the same load on each in turn (wrk when installed, else a
-small aiohttp client), then prints a table and writes `bench/results.md`,
-`bench/results.png` and the README's results section. Absolute numbers depend
-on the machine and what else it is doing: compare the ratios, measured in the
-same run.
+Every case runs as its own uvicorn process on a free port (one worker, no
+access log), loaded by wrk when installed, else by a small aiohttp client.
+
+The machine is shared, so no figure comes from one long run of a case. Run
+twice a day apart, that gave the healthy memory state 0.58x and 0.47x of the
+raw aiohttp proxy, with nothing changed but the other load. So:
+
+- The yardstick is the service's own CPU time per request answered, read from
+  its process (psutil). Requests/s falls when a neighbour takes the other
+  core; the CPU one request costs hardly moves. "x naive" and "x ceiling"
+  compare requests per CPU-second: for a one-worker service that is busy, the
+  requests/s it would reach with a core of its own.
+- The cases of a scenario run in short rounds, interleaved (A B C A B C ...),
+  and every figure is the median over the rounds with its range (min-max).
+  Ratios are taken round by round, each case against its baseline measured
+  seconds before or after, so a slow minute slows both.
+- A target is judged only when the whole range is on one side of it;
+  otherwise it is "inconclusive", with the numbers.
 
 Scenarios:
 - healthy partner: the partner answers at once; ceiling: a raw aiohttp proxy.
@@ -15,7 +27,15 @@ Scenarios:
   the circuit, then the load runs; ceiling: an endpoint that only returns the
   fallback.
 - partner slow: the partner takes longer than PARTNER_TIMEOUT from the first
-  request; what counts is how long until answers are fast again.
+  request; what counts is how long until answers are fast again. Every round
+  starts the cases afresh, circuit closed.
+
+Every case starts clean: each case with Redis state gets a redis-server of its
+own (a Redis database per case would not do: pub/sub channels span the
+databases, so one case's trip would reach another case's processes), and so
+does the micro-benchmark. When `.venv-3.12` or `.venv-3.13` exist
+(`make test-versions` makes them), the memory-state case runs on those
+Pythons too.
 """
 
 from __future__ import annotations
@@ -26,27 +46,34 @@ import datetime
 import os
 import platform
 import re
+import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR.parent))
+PROJECT_DIR = BENCH_DIR.parent
+sys.path.insert(0, str(PROJECT_DIR))
 
 from bench import micro
 from bench.load import has_wrk, run_load, run_timeline
-from tests.processes import RedisServer, Service, free_port, redis_server_binary, uvicorn_service, wait_for
+from bench.spread import Spread
+from tests.processes import RedisServer, Service, delay_proxy, free_port, redis_server_binary, uvicorn_service
 
 QUIET = {"LOG_LEVEL": "warning", "HTTPX_LOG_LEVEL": "warning"}
 HEALTHY, OPEN, SLOW = "healthy partner", "circuit open", "partner slow"
 SLOW_PARTNER_LATENCY = 5.0
 SLOW_PARTNER_TIMEOUT = 1.0
+SLOW_RUN = 4.0  # seconds of load per slow-partner round, at least: the timeout, the trip, then fast answers
 FAST = 0.1  # seconds: an answer faster than this is "fast again"
 
+PARTNER = "partner alone"
 NAIVE = "naive: sync + @breaker + httpx.Client per request"
 MEMORY = "this project, memory state"
 REDIS = "this project, Redis state"
@@ -55,6 +82,7 @@ REDIS_DELAY = 0.002
 PROXY = "raw aiohttp proxy, no breaker"
 FALLBACK = "fallback only, no partner call"
 CEILING = {HEALTHY: PROXY, OPEN: FALLBACK}
+OTHER_PYTHONS = ("3.12", "3.13")
 
 
 @dataclass(frozen=True)
@@ -62,294 +90,501 @@ class Case:
     name: str
     app: str
     scenarios: tuple[str, ...] = (HEALTHY, OPEN, SLOW)
-    needs_redis: bool = False
+    redis_delay: float | None = None  # None: memory state; else a redis-server of its own, this far away
+    python: str = sys.executable
+    path: str = "/offer"
     in_smoke: bool = False
 
 
 CASES = [
+    Case(PARTNER, "partner_offer_service:app", scenarios=(HEALTHY,), path="/offer/hot"),
     Case(NAIVE, "bench.baselines:naive_app", in_smoke=True),
     Case("naive async: async + AsyncClient per request", "bench.baselines:naive_async_app"),
     Case("shared httpx.AsyncClient, default transport", "bench.baselines:shared_httpx_app"),
     Case(MEMORY, "offer_service:app", in_smoke=True),
-    Case(REDIS, "offer_service:app", needs_redis=True),
-    Case(REDIS_FAR, "offer_service:app", scenarios=(HEALTHY, OPEN), needs_redis=True),
+    Case(REDIS, "offer_service:app", redis_delay=0.0),
+    Case(REDIS_FAR, "offer_service:app", scenarios=(HEALTHY, OPEN), redis_delay=REDIS_DELAY),
     Case(PROXY, "bench.baselines:aiohttp_proxy_app"),
     Case(FALLBACK, "bench.baselines:fallback_app", scenarios=(HEALTHY, OPEN), in_smoke=True),
 ]
 
 
-@dataclass
-class Measurement:
+def python_version(python: str) -> str:
+    return subprocess.run(
+        [python, "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def version_cases() -> list[Case]:
+    """The memory-state case on every other Python that has a venv here."""
+    found = []
+    for version in OTHER_PYTHONS:
+        python = PROJECT_DIR / f".venv-{version}" / "bin" / "python"
+        if python.exists():
+            name = f"{MEMORY}, Python {python_version(str(python))}"
+            found.append(Case(name, "offer_service:app", scenarios=(HEALTHY, OPEN), python=str(python)))
+        else:
+            print(
+                f"  skipped Python {version}: no .venv-{version} (make test-versions makes it)",
+                file=sys.stderr,
+            )
+    return found
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One case in one round."""
+
     scenario: str
     case: str
+    round: int
+    requests: int
     requests_per_second: float
     p50_ms: float
     p99_ms: float
     errors: int
-    recovery_seconds: float | None = None
-    ratios: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: float | None = None
+    recovery_seconds: float | None = None  # partner slow only; None: never fast again
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        if self.cpu_seconds is None or not self.requests:
+            return None
+        return self.cpu_seconds / self.requests * 1e6
 
 
 @dataclass(frozen=True)
-class Target:
-    description: str
-    measured: str
-    met: bool
+class Options:
+    rounds: int
+    slow_rounds: int
+    duration: float
+    connections: int
+    only: str
+    smoke: bool
 
 
-def run(
-    duration: float, connections: int, only: str, smoke: bool, redis_url: str | None
-) -> list[Measurement]:
-    measurements: list[Measurement] = []
+def run(options: Options, cases: list[Case]) -> list[Sample]:
+    redis_binary = redis_server_binary()
+    samples: list[Sample] = []
     with ExitStack() as stack:
-        far_redis_url = _start_delay_proxy(stack, redis_url) if redis_url else None
         partner = stack.enter_context(uvicorn_service("partner_offer_service:app", env=QUIET))
         slow_partner = stack.enter_context(
             uvicorn_service(
                 "partner_offer_service:app", env={**QUIET, "PARTNER_LATENCY": str(SLOW_PARTNER_LATENCY)}
             )
         )
-        result = _warm_load(f"{partner.url}/offer/hot", duration, connections)
-        measurements.append(Measurement(HEALTHY, "partner alone", *result))
-        _report(measurements[-1])
-
         partner_urls = {HEALTHY: partner.url, OPEN: f"http://127.0.0.1:{free_port()}", SLOW: slow_partner.url}
-        for scenario, partner_url in partner_urls.items():
-            for case in CASES:
-                if scenario not in case.scenarios or (smoke and not case.in_smoke):
-                    continue
-                if only and only not in case.name and case.name not in (NAIVE, CEILING.get(scenario)):
-                    continue
-                if case.needs_redis and redis_url is None:
-                    print(f"  skipped {case.name}: no redis-server on PATH", file=sys.stderr)
-                    continue
-                env = {**QUIET, "PARTNER_OFFER_URL": partner_url, "CIRCUIT_RESET_TIMEOUT": "3600"}
-                if scenario == SLOW:
-                    env["PARTNER_TIMEOUT"] = str(SLOW_PARTNER_TIMEOUT)
-                if case.needs_redis and redis_url:
-                    env["REDIS_URL"] = far_redis_url if case.name == REDIS_FAR else redis_url
-                    _flush(redis_url)
-                with uvicorn_service(case.app, env=env) as service:
-                    measurements.append(_measure(scenario, case, service, duration, connections))
-                _report(measurements[-1])
-    _add_ratios(measurements)
-    return measurements
+        for scenario in (HEALTHY, OPEN):
+            chosen = _chosen(cases, scenario, options, redis_binary)
+            with ExitStack() as running:
+                services = {}
+                for case in chosen:
+                    services[case.name] = _start(
+                        running, case, scenario, partner_urls[scenario], redis_binary
+                    )
+                    _prepare(scenario, case, services[case.name], options)
+                for round_ in range(options.rounds):
+                    for case in chosen:
+                        samples.append(_steady(scenario, case, services[case.name], round_, options))
+                        _report(samples[-1])
+        for round_ in range(options.slow_rounds):
+            for case in _chosen(cases, SLOW, options, redis_binary):
+                with ExitStack() as running:
+                    service = _start(running, case, SLOW, slow_partner.url, redis_binary)
+                    samples.append(_slow(case, service, round_, options))
+                _report(samples[-1])
+    return samples
 
 
-def _start_redis(stack: ExitStack) -> str | None:
-    binary = redis_server_binary()
-    if binary is None:
-        return None
-    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-redis-")))
-    server = RedisServer(binary, workdir).start()
-    stack.callback(server.stop)
-    return server.url
+def _chosen(cases: list[Case], scenario: str, options: Options, redis_binary: str | None) -> list[Case]:
+    chosen = []
+    for case in cases:
+        if scenario not in case.scenarios or (options.smoke and not case.in_smoke):
+            continue
+        if options.only and options.only not in case.name and case.name not in (NAIVE, CEILING.get(scenario)):
+            continue
+        if case.redis_delay is not None and redis_binary is None:
+            print(f"  skipped {case.name}: no redis-server on PATH", file=sys.stderr)
+            continue
+        chosen.append(case)
+    return chosen
 
 
-def _start_delay_proxy(stack: ExitStack, redis_url: str) -> str:
-    """The same Redis, REDIS_DELAY further away each way."""
-    import subprocess
-
-    import redis
-
-    port = free_port()
-    target = redis_url.rsplit(":", 1)[1].split("/")[0]
-    proxy = subprocess.Popen(
-        [sys.executable, str(BENCH_DIR / "delay_proxy.py"), str(port), target, str(REDIS_DELAY)]
-    )
-    stack.callback(proxy.wait)
-    stack.callback(proxy.terminate)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-    wait_for(client.ping, timeout=10, what="delay proxy")
-    client.close()
-    return url
-
-
-def _flush(redis_url: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    client.close()
-
-
-def _warm_load(url: str, duration: float, connections: int) -> tuple[float, float, float, int]:
-    run_load(url, min(1.0, duration), connections)  # warm up: connections, caches
-    result = run_load(url, duration, connections)
-    return result.requests_per_second, result.p50_ms, result.p99_ms, result.errors
-
-
-def _measure(scenario: str, case: Case, service: Service, duration: float, connections: int) -> Measurement:
-    url = f"{service.url}/offer"
+def _start(
+    stack: ExitStack, case: Case, scenario: str, partner_url: str, redis_binary: str | None
+) -> Service:
+    """The case's process, and its own redis-server if it has Redis state: nothing left from another case."""
+    env = {**QUIET, "PARTNER_OFFER_URL": partner_url, "CIRCUIT_RESET_TIMEOUT": "3600"}
     if scenario == SLOW:
-        # From the very first request: no warm-up, the timeline is the result.
-        timeline = asyncio.run(run_timeline(url, max(duration, 4.0), connections))
-        return Measurement(
-            scenario,
-            case.name,
-            timeline.requests_per_second,
-            timeline.percentile_ms(50),
-            timeline.percentile_ms(99),
-            timeline.errors,
-            recovery_seconds=timeline.recovery_seconds(FAST),
+        env["PARTNER_TIMEOUT"] = str(SLOW_PARTNER_TIMEOUT)
+    if case.redis_delay is not None:
+        assert redis_binary is not None
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-redis-")))
+        server = RedisServer(redis_binary, workdir).start()
+        stack.callback(server.stop)
+        far = case.redis_delay > 0
+        env["REDIS_URL"] = (
+            stack.enter_context(delay_proxy(server.port, case.redis_delay)) if far else server.url
         )
+    service = uvicorn_service(case.app, env=env)
+    service.args[0] = case.python
+    return stack.enter_context(service)
+
+
+def _prepare(scenario: str, case: Case, service: Service, options: Options) -> None:
+    url = service.url + case.path
     if scenario == OPEN:
         for _ in range(5):
             httpx.get(url, timeout=10)
-    return Measurement(scenario, case.name, *_warm_load(url, duration, connections))
+    run_load(url, min(1.0, options.duration), options.connections)  # warm up: connections, caches
 
 
-def _add_ratios(measurements: list[Measurement]) -> None:
-    by_key = {(m.scenario, m.case): m for m in measurements}
-    for m in measurements:
-        for label, reference in (("naive", NAIVE), ("ceiling", CEILING.get(m.scenario, ""))):
-            base = by_key.get((m.scenario, reference))
-            if base and base.requests_per_second:
-                m.ratios[label] = m.requests_per_second / base.requests_per_second
+def _steady(scenario: str, case: Case, service: Service, round_: int, options: Options) -> Sample:
+    assert service.process is not None
+    process = psutil.Process(service.process.pid)
+    before = process.cpu_times()
+    result = run_load(service.url + case.path, options.duration, options.connections)
+    after = process.cpu_times()
+    cpu = (after.user - before.user) + (after.system - before.system)
+    return Sample(
+        scenario,
+        case.name,
+        round_,
+        result.requests,
+        result.requests_per_second,
+        result.p50_ms,
+        result.p99_ms,
+        result.errors,
+        cpu_seconds=cpu,
+    )
 
 
-def targets(measurements: list[Measurement]) -> list[Target]:
-    by_key = {(m.scenario, m.case): m for m in measurements}
-    found: list[Target] = []
-
-    def ratio(scenario: str, case: str, reference: str) -> float | None:
-        a, b = by_key.get((scenario, case)), by_key.get((scenario, reference))
-        return a.requests_per_second / b.requests_per_second if a and b and b.requests_per_second else None
-
-    def add(
-        description: str, value: float | None, threshold: float, unit: str = "x", lower: bool = False
-    ) -> None:
-        if value is not None:
-            met = value <= threshold if lower else value >= threshold
-            found.append(Target(description, f"{value:.2f}{unit}", met))
-
-    add("healthy: memory state >= 50x the naive pattern", ratio(HEALTHY, MEMORY, NAIVE), 50)
-    add("healthy: memory state >= 0.6x the raw aiohttp proxy", ratio(HEALTHY, MEMORY, PROXY), 0.6)
-    add("open: memory state >= 0.8x the fallback-only ceiling", ratio(OPEN, MEMORY, FALLBACK), 0.8)
-    ours, ceiling = by_key.get((OPEN, MEMORY)), by_key.get((OPEN, FALLBACK))
-    if ours and ceiling:
-        add("open: memory state p99 <= 2x the ceiling's p99", ours.p99_ms / ceiling.p99_ms, 2, lower=True)
-    for case in (MEMORY, REDIS):
-        slow = by_key.get((SLOW, case))
-        if slow:
-            limit = SLOW_PARTNER_TIMEOUT + 0.5
-            value = slow.recovery_seconds if slow.recovery_seconds is not None else float("inf")
-            add(
-                f"slow partner: {case.split(', ')[1]} fast again within PARTNER_TIMEOUT + 0.5 s",
-                value,
-                limit,
-                unit=" s",
-                lower=True,
-            )
-    add("healthy: Redis state >= 0.9x memory state", ratio(HEALTHY, REDIS, MEMORY), 0.9)
-    add("open: Redis state >= 0.9x memory state", ratio(OPEN, REDIS, MEMORY), 0.9)
-    add("healthy: Redis +2 ms each way within 10% of Redis next door", ratio(HEALTHY, REDIS_FAR, REDIS), 0.9)
-    add("open: Redis +2 ms each way within 10% of Redis next door", ratio(OPEN, REDIS_FAR, REDIS), 0.9)
-    return found
+def _slow(case: Case, service: Service, round_: int, options: Options) -> Sample:
+    # From the very first request: no warm-up, the timeline is the result.
+    timeline = asyncio.run(
+        run_timeline(service.url + case.path, max(options.duration, SLOW_RUN), options.connections)
+    )
+    return Sample(
+        SLOW,
+        case.name,
+        round_,
+        len(timeline.latencies),
+        timeline.requests_per_second,
+        timeline.percentile_ms(50),
+        timeline.percentile_ms(99),
+        timeline.errors,
+        recovery_seconds=timeline.recovery_seconds(FAST),
+    )
 
 
-def micro_targets(results: list[micro.MicroResult]) -> list[Target]:
-    return [
-        Target(
-            "breaker cost per call, Redis state, steady state <= 5 us",
-            f"{r.microseconds_per_call:.1f} us",
-            r.microseconds_per_call <= 5,
-        )
-        for r in results
-        if r.name == "this project, Redis state"
-    ]
-
-
-def _report(m: Measurement) -> None:
-    recovery = f"  fast again after {_recovery(m)}" if m.scenario == SLOW else ""
+def _report(s: Sample) -> None:
+    cpu = f"  CPU {s.cpu_us_per_request:8.0f} us/request" if s.cpu_us_per_request is not None else ""
+    recovery = f"  fast again after {_seconds(s.recovery_seconds)}" if s.scenario == SLOW else ""
     print(
-        f"  {m.scenario:16} {m.case:48} {m.requests_per_second:9.0f} req/s"
-        f"  p50 {m.p50_ms:8.2f} ms  p99 {m.p99_ms:8.2f} ms  errors {m.errors}{recovery}",
+        f"  round {s.round + 1} {s.scenario:16} {s.case:56} {s.requests_per_second:7.0f} req/s{cpu}"
+        f"  p50 {s.p50_ms:8.2f} ms  p99 {s.p99_ms:8.2f} ms  errors {s.errors}{recovery}",
         file=sys.stderr,
     )
 
 
-def _recovery(m: Measurement) -> str:
-    if m.recovery_seconds is None:
-        return "never"
-    return f"{m.recovery_seconds:.2f} s"
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.2f} s"
 
 
-def table(measurements: list[Measurement]) -> str:
-    lines = [
-        "| scenario | case | req/s | p50 ms | p99 ms | x naive | x ceiling | fast again after |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for m in measurements:
-        naive = f"{m.ratios['naive']:.1f}x" if "naive" in m.ratios else ""
-        ceiling = f"{m.ratios['ceiling']:.2f}x" if "ceiling" in m.ratios else ""
-        recovery = _recovery(m) if m.scenario == SLOW else ""
-        lines.append(
-            f"| {m.scenario} | {m.case} | {m.requests_per_second:.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} "
-            f"| {naive} | {ceiling} | {recovery} |"
+NEVER = float("inf")  # a recovery that never came, as a number to take medians of
+
+
+class Results:
+    """The samples, read as medians and ranges per case, and as ratios taken round by round."""
+
+    def __init__(self, samples: list[Sample]) -> None:
+        self.samples = samples
+        self._by_key = {(s.scenario, s.case, s.round): s for s in samples}
+
+    def cases(self, scenario: str) -> list[str]:
+        return list(dict.fromkeys(s.case for s in self.samples if s.scenario == scenario))
+
+    def of(self, scenario: str, case: str, value: Callable[[Sample], float | None]) -> Spread | None:
+        return Spread.of(_present(value(s) for s in self.samples if (s.scenario, s.case) == (scenario, case)))
+
+    def ratio(
+        self, scenario: str, case: str, reference: str, value: Callable[[Sample], float | None]
+    ) -> Spread | None:
+        """value(case) / value(reference), one ratio per round."""
+        ratios = []
+        for s in self.samples:
+            if (s.scenario, s.case) != (scenario, case):
+                continue
+            base = self._by_key.get((scenario, reference, s.round))
+            a, b = value(s), value(base) if base else None
+            if a is not None and b:
+                ratios.append(a / b)
+        return Spread.of(ratios)
+
+    def efficiency(self, scenario: str, case: str, reference: str) -> Spread | None:
+        """Requests per CPU-second of `case` over those of `reference`, round by round."""
+        return self.ratio(scenario, reference, case, cpu) if case != reference else None
+
+
+def cpu(s: Sample) -> float | None:
+    return s.cpu_us_per_request
+
+
+def _present(values: Iterable[float | None]) -> list[float]:
+    return [v for v in values if v is not None]
+
+
+@dataclass(frozen=True)
+class Target:
+    description: str
+    measured: Spread
+    unit: str
+    verdict: str
+
+
+def targets(results: Results) -> list[Target]:
+    found: list[Target] = []
+
+    def add(
+        description: str, value: Spread | None, threshold: float, unit: str = "x", lower: bool = False
+    ) -> None:
+        if value is not None:
+            found.append(Target(description, value, unit, value.verdict(threshold, lower_is_better=lower)))
+
+    per_cpu = "requests per CPU-second"
+    add(
+        f"healthy: memory state >= 50x the naive pattern's {per_cpu}",
+        results.efficiency(HEALTHY, MEMORY, NAIVE),
+        50,
+    )
+    add(
+        f"healthy: memory state >= 0.6x the raw aiohttp proxy's {per_cpu}",
+        results.efficiency(HEALTHY, MEMORY, PROXY),
+        0.6,
+    )
+    add(
+        f"open: memory state >= 0.8x the fallback-only ceiling's {per_cpu}",
+        results.efficiency(OPEN, MEMORY, FALLBACK),
+        0.8,
+    )
+    add(
+        "open: memory state p99 <= 2x the ceiling's p99",
+        results.ratio(OPEN, MEMORY, FALLBACK, lambda s: s.p99_ms),
+        2,
+        lower=True,
+    )
+    for case in (MEMORY, REDIS):
+        recovery = results.of(
+            SLOW, case, lambda s: NEVER if s.recovery_seconds is None else s.recovery_seconds
         )
+        add(
+            f"slow partner: {case.split(', ')[1]} fast again within PARTNER_TIMEOUT + 0.5 s",
+            recovery,
+            SLOW_PARTNER_TIMEOUT + 0.5,
+            unit=" s",
+            lower=True,
+        )
+    for scenario, short in ((HEALTHY, "healthy"), (OPEN, "open")):
+        add(
+            f"{short}: Redis state >= 0.9x memory state's {per_cpu}",
+            results.efficiency(scenario, REDIS, MEMORY),
+            0.9,
+        )
+    for scenario, short in ((HEALTHY, "healthy"), (OPEN, "open")):
+        add(
+            f"{short}: Redis +2 ms each way within 10% of Redis next door ({per_cpu})",
+            results.efficiency(scenario, REDIS_FAR, REDIS),
+            0.9,
+        )
+    return found
+
+
+def micro_targets(found: list[micro.MicroResult]) -> list[Target]:
+    limit = 5.0
+    return [
+        Target(
+            f"breaker cost per call, Redis state, steady state <= {limit:g} us",
+            r.microseconds,
+            " us",
+            r.microseconds.verdict(limit, lower_is_better=True),
+        )
+        for r in found
+        if r.name == REDIS
+    ]
+
+
+def _cell(value: Spread | None, digits: int = 0, unit: str = "") -> str:
+    return value.format(digits, unit) if value else ""
+
+
+def table(results: Results) -> str:
+    lines = [
+        "| scenario | case | CPU us/request | x naive | x ceiling | req/s | p50 ms | p99 ms | fast again after |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for scenario in (HEALTHY, OPEN, SLOW):
+        for case in results.cases(scenario):
+            naive = results.efficiency(scenario, case, NAIVE) if scenario != SLOW else None
+            ceiling = (
+                results.efficiency(scenario, case, CEILING.get(scenario, "")) if scenario != SLOW else None
+            )
+            recovery = ""
+            if scenario == SLOW:
+                recovery = _recovery_cell(results.of(SLOW, case, lambda s: s.recovery_seconds), results, case)
+            lines.append(
+                f"| {scenario} | {case} | {_cell(results.of(scenario, case, cpu))} "
+                f"| {_cell(naive, 1, 'x')} | {_cell(ceiling, 2, 'x')} "
+                f"| {_cell(results.of(scenario, case, lambda s: s.requests_per_second))} "
+                f"| {_cell(results.of(scenario, case, lambda s: s.p50_ms), 2)} "
+                f"| {_cell(results.of(scenario, case, lambda s: s.p99_ms), 2)} | {recovery} |"
+            )
     return "\n".join(lines)
+
+
+def _recovery_cell(known: Spread | None, results: Results, case: str) -> str:
+    rounds = [s for s in results.samples if (s.scenario, s.case) == (SLOW, case)]
+    never = sum(s.recovery_seconds is None for s in rounds)
+    if never == len(rounds):
+        return "never"
+    cell = _cell(known, 2, " s")
+    return f"{cell}; never in {never} of {len(rounds)}" if never else cell
 
 
 def targets_table(found: list[Target]) -> str:
-    lines = ["| target | measured | |", "|---|---:|---|"]
-    lines += [f"| {t.description} | {t.measured} | {'met' if t.met else 'MISSED'} |" for t in found]
+    lines = ["| target | median | range over the rounds | verdict |", "|---|---:|---:|---|"]
+    for t in found:
+        m = t.measured
+        span = f"{_number(m.low, t.unit)} to {_number(m.high, t.unit)}"
+        lines.append(f"| {t.description} | {_number(m.median, t.unit)} | {span} | {t.verdict} |")
     return "\n".join(lines)
 
 
-def chart(measurements: list[Measurement], path: Path) -> None:
+def _number(value: float, unit: str) -> str:
+    return "never" if value == NEVER else f"{value:.2f}{unit}"
+
+
+def versions_table(results: Results, cases: list[Case]) -> str:
+    """The memory-state case on every Python measured, against the bench's own."""
+    rows = [(f"{platform.python_version()} (the bench's)", MEMORY)]
+    rows += [
+        (c.name.rsplit("Python ", 1)[1], c.name) for c in cases if c.name.startswith(f"{MEMORY}, Python ")
+    ]
+    lines = [
+        "| Python | healthy: CPU us/request | open: CPU us/request "
+        f"| healthy: x {platform.python_version()} | open: x {platform.python_version()} |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for version, case in rows:
+        if not results.of(HEALTHY, case, cpu) and not results.of(OPEN, case, cpu):
+            continue
+        cells = [_cell(results.of(scenario, case, cpu)) for scenario in (HEALTHY, OPEN)]
+        cells += [_cell(results.efficiency(scenario, case, MEMORY), 2, "x") for scenario in (HEALTHY, OPEN)]
+        lines.append(f"| {version} | {' | '.join(cells)} |")
+    return "\n".join(lines) if len(lines) > 3 else ""
+
+
+def fastest_python(results: Results, cases: list[Case]) -> str:
+    """Which Python serves a request on the least CPU, per scenario, and by how much."""
+    others = [c.name for c in cases if c.name.startswith(f"{MEMORY}, Python ")]
+    if not others:
+        return ""
+    own = platform.python_version()
+    sentences = []
+    for scenario in (HEALTHY, OPEN):
+        ratios = {case.rsplit("Python ", 1)[1]: results.efficiency(scenario, case, MEMORY) for case in others}
+        known = {version: spread for version, spread in ratios.items() if spread}
+        if not known:
+            continue
+        version, best = max(known.items(), key=lambda item: item[1].median)
+        if best.median <= 1.0:
+            version, best = own, Spread(1.0, 1.0, 1.0, 1)
+            words = f"Python {own}, the bench's own: no other did more requests per CPU-second"
+        else:
+            words = f"Python {version}, {best.format(2, 'x')} the requests per CPU-second of Python {own}"
+        doubt = "" if best.low > 1.0 or best.count == 1 else " (the range reaches 1.00x: inconclusive)"
+        if version == own:
+            doubt = ""
+        sentences.append(f"{scenario}: {words}{doubt}.")
+    return "Fastest, " + " ".join(sentences) if sentences else ""
+
+
+def chart(results: Results, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scenarios = [HEALTHY, OPEN, SLOW]
-    figure, axes = plt.subplots(1, 3, figsize=(16, 5.5), constrained_layout=True)
-    for axis, scenario in zip(axes, scenarios, strict=True):
-        rows = [m for m in measurements if m.scenario == scenario]
-        names = [m.case for m in rows]
+    figure, axes = plt.subplots(1, 3, figsize=(17, 6), constrained_layout=True)
+    for axis, scenario in zip(axes, (HEALTHY, OPEN, SLOW), strict=True):
+        names = results.cases(scenario)
         if scenario == SLOW:
-            known = [m.recovery_seconds for m in rows if m.recovery_seconds is not None]
+            spreads = [results.of(SLOW, c, lambda s: s.recovery_seconds) for c in names]
+            known = [s.high for s in spreads if s]
             never = max([*known, SLOW_PARTNER_TIMEOUT + 0.5]) * 1.2  # drawn past every other bar
-            values = [m.recovery_seconds if m.recovery_seconds is not None else never for m in rows]
-            colors = ["tab:red" if m.recovery_seconds is None else "tab:blue" for m in rows]
-            bars = axis.barh(names, values, color=colors)
-            axis.bar_label(bars, labels=[_recovery(m) for m in rows], padding=3, fontsize=8)
-            axis.set_xlim(0, never * 1.35)
-            axis.set_xlabel("seconds until fast again (red: never)")
+            values = [s.median if s else never for s in spreads]
+            errors = [
+                [s.median - s.low if s else 0 for s in spreads],
+                [s.high - s.median if s else 0 for s in spreads],
+            ]
+            colors = ["tab:red" if s is None else "tab:blue" for s in spreads]
+            bars = axis.barh(names, values, xerr=errors, color=colors, capsize=3)
+            labels = [_recovery_cell(s, results, c) for s, c in zip(spreads, names, strict=True)]
+            axis.bar_label(bars, labels=labels, padding=3, fontsize=7)
+            axis.set_xlim(0, never * 1.6)
+            axis.set_xlabel("seconds until fast again, median and range (red: never)")
             axis.axvline(SLOW_PARTNER_TIMEOUT + 0.5, color="gray", linestyle="--")
         else:
-            colors = ["tab:orange" if m.case.startswith("this project") else "tab:gray" for m in rows]
-            axis.barh(names, [m.requests_per_second for m in rows], color=colors)
+            spreads = [results.of(scenario, c, cpu) for c in names]
+            values = [s.median if s else 0 for s in spreads]
+            errors = [
+                [s.median - s.low if s else 0 for s in spreads],
+                [s.high - s.median if s else 0 for s in spreads],
+            ]
+            colors = ["tab:orange" if c.startswith("this project") else "tab:gray" for c in names]
+            axis.barh(names, values, xerr=errors, color=colors, capsize=3)
             axis.set_xscale("log")
-            axis.set_xlabel("requests/s (log scale)")
+            axis.set_xlabel("CPU us per request, median and range (log scale; shorter is better)")
         axis.set_title(scenario)
         axis.invert_yaxis()
-        axis.tick_params(axis="y", labelsize=8)
-    figure.suptitle("GET /offer, 50 connections, one uvicorn worker each")
+        axis.tick_params(axis="y", labelsize=7)
+    figure.suptitle("GET /offer, 50 connections, one uvicorn worker each, interleaved rounds")
     figure.savefig(path, dpi=90)
     plt.close(figure)
 
 
 def machine() -> str:
     today = datetime.date.today().isoformat()
-    return f"{today}, {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{today}, {platform.machine()}, {os.cpu_count()} CPUs (load average {load} at the start), "
+        f"Python {platform.python_version()}"
+    )
 
 
 def results_markdown(
-    measurements: list[Measurement], found: list[Target], micro_table: str, load: str
+    results: Results, found: list[Target], micro_table: str, micro_note: str, setup: str, cases: list[Case]
 ) -> str:
-    return "\n\n".join(
-        [
-            f"Measured on {machine()}; load: {load}.",
-            table(measurements),
-            "Targets:",
-            targets_table(found),
-            "Cost per guarded call of a trivial coroutine, closed circuit (bench/micro.py):",
-            micro_table,
+    parts = [
+        f"Measured on {machine()}; {setup}. Each figure: median (min-max) over the rounds.",
+        table(results),
+        "Targets (met or MISSED only when the whole range is on one side):",
+        targets_table(found),
+    ]
+    versions = versions_table(results, cases)
+    if versions:
+        parts += [
+            "The memory state on each Python (x: requests per CPU-second against the bench's own):",
+            versions,
         ]
-    )
+        parts.append(fastest_python(results, cases))
+    parts += [
+        "Cost per guarded call of a trivial coroutine, closed circuit (bench/micro.py):",
+        micro_table + (f"\n\n{micro_note}" if micro_note else ""),
+    ]
+    return "\n\n".join(parts)
 
 
 def update_readme(readme: Path, section: str) -> None:
@@ -362,33 +597,56 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds of load per case (default 5)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per scenario (default 5)")
+    parser.add_argument(
+        "--slow-rounds", type=int, default=3, help="rounds of the slow-partner scenario (default 3)"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=2.0, help="seconds of load per case and round (default 2)"
+    )
     parser.add_argument("--connections", type=int, default=50, help="requests in flight (default 50)")
     parser.add_argument("--only", default="", help="measure only the cases whose name contains this")
     parser.add_argument(
         "--smoke", action="store_true", help="a seconds-long run of a few cases, to check it works"
     )
+    parser.add_argument("--no-instructions", action="store_true", help="skip the callgrind count")
     parser.add_argument("--out", type=Path, default=BENCH_DIR, help="where results.md and results.png go")
     args = parser.parse_args(argv)
-    duration = 2.0 if args.smoke else args.duration
+    options = Options(
+        rounds=2 if args.smoke else max(1, args.rounds),
+        slow_rounds=1 if args.smoke else max(1, args.slow_rounds),
+        duration=1.0 if args.smoke else args.duration,
+        connections=args.connections,
+        only=args.only,
+        smoke=args.smoke,
+    )
 
     print(f"machine: {machine()}", file=sys.stderr)
+    cases = CASES + ([] if options.smoke else version_cases())
+    results = Results(run(options, cases))
     with ExitStack() as stack:
-        redis_url = _start_redis(stack)  # one throwaway redis-server for the services and the micro-benchmark
-        measurements = run(duration, args.connections, args.only, args.smoke, redis_url)
-        micro_results = asyncio.run(micro.run(redis_url, quick=args.smoke))
-    micro_table = micro.table(micro_results)
-    found = targets(measurements) + micro_targets(micro_results)
+        micro_redis = micro.throwaway_redis(stack)  # its own: no circuit left open by a service case
+        micro_results, micro_note = asyncio.run(
+            micro.run(
+                micro_redis,
+                quick=options.smoke,
+                count_instructions=not (args.no_instructions or options.smoke),
+            )
+        )
+    found = targets(results) + micro_targets(micro_results)
     tool = "wrk" if has_wrk() else "a Python aiohttp client (wrk not installed)"
-    load = f"{tool}, {args.connections} connections, {duration:g} s per case"
-    markdown = results_markdown(measurements, found, micro_table, load)
+    setup = (
+        f"load: {tool}, {options.connections} connections; {options.rounds} interleaved rounds of "
+        f"{options.duration:g} s per case ({options.slow_rounds} with the partner slow, each from a fresh start)"
+    )
+    markdown = results_markdown(results, found, micro.table(micro_results), micro_note, setup, cases)
     print(markdown)
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(markdown + "\n")
-    chart(measurements, args.out / "results.png")
+    chart(results, args.out / "results.png")
     if not args.smoke and not args.only and args.out == BENCH_DIR:
-        update_readme(BENCH_DIR.parent / "README.md", markdown)
+        update_readme(PROJECT_DIR / "README.md", markdown)
     print(f"\nwrote {args.out / 'results.md'} and {args.out / 'results.png'}", file=sys.stderr)
     return 0
 
