@@ -185,7 +185,9 @@ def test_idle_and_slow_header_connections_are_closed(request: pytest.FixtureRequ
         sock.sendall(b"GET /offer HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     for sock in slow_body:
         sock.sendall(put_head("/partner/chaos", 100, TOKEN) + b'{"lat')
-    wait_for(lambda: process.num_fds() >= files_before + 250, timeout=10, what="all connections accepted")
+    # Most of them at once is proof enough that they were accepted: on a busy machine the
+    # first ones may already be closed (after REQUEST_READ_TIMEOUT) before the last are.
+    wait_for(lambda: process.num_fds() >= files_before + 150, timeout=10, what="connections accepted")
     started = time.monotonic()
     # Keep the slow headers dripping: a byte now and then must not keep them alive.
     while time.monotonic() - started < http_limits.REQUEST_READ_TIMEOUT + 10:
