@@ -38,15 +38,18 @@ pybreaker as the state machine and changes where the state lives:
   storage logs one line and carries on with the local view alone; it keeps
   trying in the background, logs one line when Redis is back and reconciles:
   an open circuit anywhere stays open.
-- **A shutdown that always ends.** redis-py 8.1 on Python 3.11 can swallow a
-  task's cancellation while it awaits a reply (a cancel that lands inside the
-  client's own `asyncio.timeout` block around a read: redis/redis-py#2028 and
-  #2551, the race CPython fixed for `wait_for` in 3.12; measured here: 147 of
-  200 cancelled EVALSHAs kept running on 3.11.7, none on 3.12.1). So every
-  round trip is awaited through `asyncio.shield`, which delivers the caller's
-  cancellation whatever the client does; the loops also check a stop flag,
-  and `stop()` closes the connections to break pending reads and waits a
-  bounded time, saying in one log line what it abandoned.
+- **A shutdown that always ends.** With redis-py 8.1 on Python 3.11, a task
+  cancelled while it awaits a reply often goes on running: in a loop of
+  EVALSHAs through `register_script`, 176 of 200 cancelled tasks kept
+  running on 3.11.7, and 34 of 50 around `pubsub.subscribe`; on 3.12.1 with
+  the same redis-py, none (`bench/cancel_swallow.py` measures it). The
+  symptom is the one of redis/redis-py#2028 and #2551; the exact line in the
+  client is not pinned down here. So every round trip is awaited through
+  `asyncio.shield`, which delivers the caller's cancellation whatever the
+  client does with its own; the loops also check a stop flag, and `stop()`
+  lets the writer send what is left, closes the connections to break
+  pending reads and waits a bounded time, saying in one log line what it
+  abandoned or left unwritten.
 
 Keys share the hash tag `{name}` so that one breaker lives in one Redis
 Cluster slot. The circuit needs its two keys to stay: run Redis with a
