@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,18 +95,27 @@ def test_the_walkthrough_story(
     assert (state["current_state"], state["fail_counter"]) == ("closed", 0)
 
     log = offers.log()
-    for line in (
-        f'HTTP Request: GET {editable_partner.url}/offer/hot "HTTP/1.1 200 OK"',
-        f'HTTP Request: GET {editable_partner.url}/offer/hot "HTTP/1.1 500 Internal Server Error"',
-        "partner-offer: before call to fetch_hot_offer",
-        "partner-offer: call failed: PartnerFailure('partner-status-500')",
-        "WARNING",
-        "partner-offer: state changed from closed to open",
-        "partner-offer: state changed from open to half-open",
-        "partner-offer: state changed from half-open to open",
-        "partner-offer: state changed from half-open to closed",
+    for level, logger, message in (
+        ("INFO", "httpx", f'HTTP Request: GET {editable_partner.url}/offer/hot "HTTP/1.1 200 OK"'),
+        (
+            "INFO",
+            "httpx",
+            f'HTTP Request: GET {editable_partner.url}/offer/hot "HTTP/1.1 500 Internal Server Error"',
+        ),
+        ("DEBUG", "circuit_breaker", "partner-offer: before call to fetch_hot_offer"),
+        (
+            "DEBUG",
+            "circuit_breaker",
+            "partner-offer: call failed: PartnerFailure('partner-status-500') (fail_counter 1 of 3)",
+        ),
+        ("WARNING", "circuit_breaker", "partner-offer: state changed from closed to open"),
+        ("WARNING", "circuit_breaker", "partner-offer: state changed from open to half-open"),
+        ("WARNING", "circuit_breaker", "partner-offer: state changed from half-open to open"),
+        ("WARNING", "circuit_breaker", "partner-offer: state changed from half-open to closed"),
     ):
-        assert line in log
+        # The whole line, in the README's format: level, time, logger, message.
+        line = rf"^{level} \[\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\] {logger} - {re.escape(message)}$"
+        assert re.search(line, log, re.MULTILINE), f"no line {line!r} in the log"
     # Editing the partner's file reloaded the partner, never the offer service.
     assert log.count("Started server process") == 1
 
