@@ -8,8 +8,8 @@ the breaker itself adds to one call.
 
 Two measures. Time, in microseconds: each repeat times the bare coroutine and
 then every breaker, one after the other, and the figure is the median over the
-repeats with its range; it moves with the machine's other load. Instructions,
-counted by `valgrind --tool=callgrind` (when installed) over the same calls in
+repeats with its interquartile range; it moves with the machine's other load.
+Instructions, counted by `valgrind --tool=callgrind` (when installed) over the same calls in
 a child process: the same on a busy machine as on an idle one, so the figure
 to judge a change of the bookkeeping by. Without `--redis-url` the Redis
 storages get a throwaway redis-server of their own, so no circuit left open
@@ -238,7 +238,7 @@ async def run(
 def table(results: list[MicroResult]) -> str:
     repeats = max((r.microseconds.count for r in results), default=0)
     lines = [
-        f"| breaker | us per guarded call, median (min-max) of {repeats} runs "
+        f"| breaker | us per guarded call, median (interquartile range) of {repeats} runs "
         "| instructions per guarded call (callgrind) |",
         "|---|---:|---:|",
     ]

@@ -1,6 +1,6 @@
 """CPU per request, requests/s and latency of the offer service beside the naive pattern, peers and ceilings.
 
-    python bench/run.py [--rounds 5] [--duration 2] [--connections 50] [--only TEXT] [--smoke]
+    python bench/run.py [--rounds 7] [--duration 2] [--connections 50] [--only TEXT] [--smoke]
 
 Every case runs as its own uvicorn process on a free port (one worker, no
 access log), loaded by wrk when installed, else by a small aiohttp client.
@@ -15,11 +15,12 @@ raw aiohttp proxy, with nothing changed but the other load. So:
   compare requests per CPU-second: for a one-worker service that is busy, the
   requests/s it would reach with a core of its own.
 - The cases of a scenario run in short rounds, interleaved (A B C A B C ...),
-  and every figure is the median over the rounds with its range (min-max).
+  and every figure is the median over the rounds with its interquartile
+  range (bench/spread.py says why not min-max).
   Ratios are taken round by round, each case against its baseline measured
   seconds before or after, so a slow minute slows both.
-- A target is judged only when the whole range is on one side of it;
-  otherwise it is "inconclusive", with the numbers.
+- A target is judged only when the whole interquartile range is on one side
+  of it; otherwise it is "inconclusive", with the numbers.
 
 Scenarios:
 - healthy partner: the partner answers at once; ceiling: a raw aiohttp proxy.
@@ -42,7 +43,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
+import json
 import os
 import platform
 import re
@@ -454,11 +457,14 @@ def _recovery_cell(known: Spread | None, results: Results, case: str) -> str:
 
 
 def targets_table(found: list[Target]) -> str:
-    lines = ["| target | median | range over the rounds | verdict |", "|---|---:|---:|---|"]
+    lines = ["| target | median | interquartile range | min-max | verdict |", "|---|---:|---:|---:|---|"]
     for t in found:
         m = t.measured
-        span = f"{_number(m.low, t.unit)} to {_number(m.high, t.unit)}"
-        lines.append(f"| {t.description} | {_number(m.median, t.unit)} | {span} | {t.verdict} |")
+        middle = f"{_number(m.low, t.unit)} to {_number(m.high, t.unit)}"
+        extremes = f"{_number(m.smallest, t.unit)} to {_number(m.largest, t.unit)}"
+        lines.append(
+            f"| {t.description} | {_number(m.median, t.unit)} | {middle} | {extremes} | {t.verdict} |"
+        )
     return "\n".join(lines)
 
 
@@ -500,11 +506,11 @@ def fastest_python(results: Results, cases: list[Case]) -> str:
             continue
         version, best = max(known.items(), key=lambda item: item[1].median)
         if best.median <= 1.0:
-            version, best = own, Spread(1.0, 1.0, 1.0, 1)
+            version = own
             words = f"Python {own}, the bench's own: no other did more requests per CPU-second"
         else:
             words = f"Python {version}, {best.format(2, 'x')} the requests per CPU-second of Python {own}"
-        doubt = "" if best.low > 1.0 or best.count == 1 else " (the range reaches 1.00x: inconclusive)"
+        doubt = "" if best.low > 1.0 else " (its interquartile range reaches 1.00x: inconclusive)"
         if version == own:
             doubt = ""
         sentences.append(f"{scenario}: {words}{doubt}.")
@@ -534,7 +540,7 @@ def chart(results: Results, path: Path) -> None:
             labels = [_recovery_cell(s, results, c) for s, c in zip(spreads, names, strict=True)]
             axis.bar_label(bars, labels=labels, padding=3, fontsize=7)
             axis.set_xlim(0, never * 1.6)
-            axis.set_xlabel("seconds until fast again, median and range (red: never)")
+            axis.set_xlabel("seconds until fast again, median and interquartile range (red: never)")
             axis.axvline(SLOW_PARTNER_TIMEOUT + 0.5, color="gray", linestyle="--")
         else:
             spreads = [results.of(scenario, c, cpu) for c in names]
@@ -546,7 +552,9 @@ def chart(results: Results, path: Path) -> None:
             colors = ["tab:orange" if c.startswith("this project") else "tab:gray" for c in names]
             axis.barh(names, values, xerr=errors, color=colors, capsize=3)
             axis.set_xscale("log")
-            axis.set_xlabel("CPU us per request, median and range (log scale; shorter is better)")
+            axis.set_xlabel(
+                "CPU us per request, median and interquartile range (log scale; shorter is better)"
+            )
         axis.set_title(scenario)
         axis.invert_yaxis()
         axis.tick_params(axis="y", labelsize=7)
@@ -568,9 +576,9 @@ def results_markdown(
     results: Results, found: list[Target], micro_table: str, micro_note: str, setup: str, cases: list[Case]
 ) -> str:
     parts = [
-        f"Measured on {machine()}; {setup}. Each figure: median (min-max) over the rounds.",
+        f"Measured on {machine()}; {setup}. Each figure: median (interquartile range) over the rounds.",
         table(results),
-        "Targets (met or MISSED only when the whole range is on one side):",
+        "Targets (met or MISSED only when the whole interquartile range is on one side):",
         targets_table(found),
     ]
     versions = versions_table(results, cases)
@@ -597,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per scenario (default 5)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per scenario (default 7)")
     parser.add_argument(
         "--slow-rounds", type=int, default=3, help="rounds of the slow-partner scenario (default 3)"
     )
@@ -644,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(markdown + "\n")
+    samples = [{**dataclasses.asdict(s), "cpu_us_per_request": s.cpu_us_per_request} for s in results.samples]
+    (args.out / "samples.json").write_text(json.dumps(samples, indent=1) + "\n")  # every round, to look again
     chart(results, args.out / "results.png")
     if not args.smoke and not args.only and args.out == BENCH_DIR:
         update_readme(PROJECT_DIR / "README.md", markdown)
