@@ -79,3 +79,12 @@ soak: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+## mutation: mutmut's score for circuit_breaker.py and redis_state.py, each mutant against the tests
+## that reach it ([tool.mutmut] in pyproject.toml); MUTANTS='redis_state*' narrows it, CHILDREN=N runs N at once
+.PHONY: mutation
+CHILDREN ?= 2
+mutation: $(VENV)/.dev
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children $(CHILDREN) $(MUTANTS)
+	@$(BIN)/mutmut results
