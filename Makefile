@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # honcho runs each Procfile line through the shell: put the venv's python first.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-versions scenario lint bench soak clean
+.PHONY: demo test test-versions stress scenario lint bench soak clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -55,6 +55,12 @@ test-versions: $(foreach v,$(PYTHONS),.venv-$(v)/bin/python .venv-$(v)/.dev)
 		echo "== Python $$v: $(VERSION_TESTS)"; \
 		.venv-$$v/bin/python -m pytest $(VERSION_TESTS) || status=1; \
 	done; exit $$status
+
+## stress: the breaker, shared-state and fleet tests RUNS times (20) beside two CPU-burning processes
+RUNS ?= 20
+STRESS_TESTS ?= tests/test_circuit_breaker.py tests/test_redis_state.py tests/test_fleet_state.py tests/test_fleet.py
+stress: $(VENV)/.dev
+	$(BIN)/python tests/stress.py --runs $(RUNS) $(STRESS_TESTS)
 
 ## scenario: drive the walkthrough against the running demo, or against its own services
 scenario: $(VENV)/.runtime

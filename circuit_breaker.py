@@ -160,13 +160,13 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
             self._release(ticket)
             raise CircuitOpen("circuit-opened") from None
         except self._not_counted:
-            self._release(ticket)
+            self._release(ticket, hand_back=True)
             raise
         except Exception as exc:
             self._record(ticket, exc)
             raise
         except BaseException:  # cancelled: no outcome to record, but free the trial
-            self._release(ticket, cancelled=True)
+            self._release(ticket, hand_back=True)
             raise
         self._record(ticket, None)
         return result
@@ -244,10 +244,12 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         finally:
             self._release(ticket)
 
-    def _release(self, ticket: Ticket, cancelled: bool = False) -> None:
+    def _release(self, ticket: Ticket, hand_back: bool = False) -> None:
+        """Free the trial. `hand_back`: it ended without an outcome (cancelled, or this
+        process's own trouble), so the fleet's lease goes back and another caller may try."""
         if ticket.is_trial:
             self._trial_in_flight = False
-            if cancelled and self.shared:
+            if hand_back and self.shared:
                 self.shared.release_trial()
 
     def seconds_until_trial(self) -> float:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+import redis
 
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen
 from tests.partner_stand_ins import PartnerDown, fail
@@ -27,3 +28,10 @@ async def eventually(condition: Callable[[], object], within: float = 3.0, what:
             raise AssertionError(f"{what} not met within {within}s")
         await asyncio.sleep(0.002)
     return time.monotonic() - started
+
+
+def script_calls(client: redis.Redis) -> int:
+    """Round trips the breakers made to `client`'s Redis: each is one EVALSHA. (Redis's
+    `total_commands_processed` also counts the commands run inside a script.)"""
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis as redis_module
 
+from tests.breakers import script_calls
 from tests.processes import (
     EditablePartner,
     RedisClusterServers,
@@ -63,7 +64,7 @@ def test_a_circuit_tripped_through_one_instance_protects_the_partner_from_all(
     first, second = instances
     editable_partner.set_status(500)
     trip_through(first)
-    wait_for(lambda: state_of(second) == "open", timeout=1, what="second instance sees the open circuit")
+    wait_for(lambda: state_of(second) == "open", timeout=3, what="second instance sees the open circuit")
     received = editable_partner.requests_received()
     for _ in range(10):
         response = second.get("/offer")
@@ -78,7 +79,7 @@ def test_after_the_reset_timeout_exactly_one_trial_reaches_the_partner(
     editable_partner.set_status(500)
     trip_through(instances[0])
     for service in instances:
-        wait_for(lambda s=service: state_of(s) == "open", timeout=1, what="open everywhere")
+        wait_for(lambda s=service: state_of(s) == "open", timeout=3, what="open everywhere")
     received = editable_partner.requests_received()
     wait_for(
         lambda: all(s.get("/offer/circuit").json()["seconds_until_trial"] == 0 for s in instances),
@@ -148,7 +149,7 @@ def test_killing_redis_under_load_serves_every_request_and_the_fleet_converges_a
     # Shared again: a trip through one instance reaches the other.
     editable_partner.set_status(500)
     trip_through(instances[1])
-    wait_for(lambda: state_of(instances[0]) == "open", timeout=1, what="first instance sees the trip")
+    wait_for(lambda: state_of(instances[0]) == "open", timeout=3, what="first instance sees the trip")
 
 
 def test_two_instances_on_a_redis_cluster_report_the_same_circuit(
@@ -158,7 +159,7 @@ def test_two_instances_on_a_redis_cluster_report_the_same_circuit(
     try:
         editable_partner.set_status(500)
         trip_through(services[0])
-        wait_for(lambda: state_of(services[1]) == "open", timeout=1, what="second instance sees the trip")
+        wait_for(lambda: state_of(services[1]) == "open", timeout=3, what="second instance sees the trip")
         assert services[1].get("/offer").headers["x-fallback-reason"] == "circuit-open"
     finally:
         for service in services:
@@ -206,16 +207,16 @@ def test_instances_whose_wall_clocks_are_30_s_off_keep_the_open_period_and_make_
             wait_for(lambda s=service: state_of(s) == "open", timeout=2, what="open on both")
             left = service.get("/offer/circuit").json()["seconds_until_trial"]
             assert 8 < left <= 10  # neither 30 s longer nor already over
-        before = int(redis.info("stats")["total_commands_processed"])
+        before = script_calls(redis)
         started = time.monotonic()
         with httpx.Client(timeout=10) as client:
             for i in range(400):
                 response = client.get(f"{skewed[i % 2].url}/offer")
                 assert response.headers["x-fallback-reason"] == "circuit-open"
         elapsed = time.monotonic() - started
-        commands = int(redis.info("stats")["total_commands_processed"]) - before
-        # The refreshes (one read a second per instance) and the INFO: no round trip per request.
-        assert commands <= 1 + 2 * (int(elapsed) + 2), f"{commands} Redis commands for 400 requests"
+        round_trips = script_calls(redis) - before
+        # Only the refreshes, one read a second per instance: no round trip per request.
+        assert round_trips <= 2 * (int(elapsed) + 2), f"{round_trips} Redis round trips for 400 requests"
     finally:
         redis.close()
         for service in skewed:

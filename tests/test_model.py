@@ -292,7 +292,6 @@ class BreakerMachine(RuleBasedStateMachine):
     def call(self, instance: int, outcome: str) -> None:
         i = self.pick(instance)
         reason, ambiguous = self.model.decide(i)
-        outcome = self.avoid_known_bugs(i, outcome)
         got = self.run(outcome_of(self.breakers[i].call(self.partner(outcome))))
         if self.refused_as_decided(got, reason, ambiguous):
             return
@@ -315,15 +314,6 @@ class BreakerMachine(RuleBasedStateMachine):
             return True
         assert not isinstance(got, CircuitOpen), f"expected the call to go ahead, got {got!r}"
         return False
-
-    def avoid_known_bugs(self, instance: int, outcome: str) -> str:
-        """A fleet's trial that ends in this process's trouble keeps the fleet's lease
-        (test_a_fleet_trial_that_ends_in_local_trouble_hands_the_lease_back, xfail): the
-        model would rightly fail on it every time, so the fleet's runs do not go there."""
-        admitted_as_trial = self.model.decide(instance)[0] is None and self.model.state != "closed"
-        if self.fleet and outcome == "local" and admitted_as_trial:
-            return "rejected"
-        return outcome
 
     @rule(instance=INSTANCE)
     def start_slow_call(self, instance: int) -> None:
@@ -363,8 +353,6 @@ class BreakerMachine(RuleBasedStateMachine):
     @rule(pick=st.integers(0, 7), outcome=st.sampled_from(OUTCOMES))
     def finish_slow_call(self, pick: int, outcome: str) -> None:
         ticket, slow = self.pending_call(pick)
-        if self.fleet and outcome == "local" and ticket.is_trial and self.model.lease == ticket.id:
-            outcome = "rejected"  # see avoid_known_bugs
         slow.outcome = outcome
         slow.finish.set()
         assert slow.task is not None
@@ -581,11 +569,6 @@ def test_a_stale_failure_after_an_operators_close_of_a_closed_circuit_counts_for
         machine.teardown()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a half-open trial that ends in a not_counted error frees this process's permit but "
-    "keeps the fleet's lease in Redis: the fleet is refused until the lease expires",
-)
 def test_a_fleet_trial_that_ends_in_local_trouble_hands_the_lease_back(fleet_machine: FleetMachine) -> None:
     machine = fleet_machine
     machine.build(starts=[0.0, 1000.0])
@@ -593,7 +576,7 @@ def test_a_fleet_trial_that_ends_in_local_trouble_hands_the_lease_back(fleet_mac
     machine.agrees_with_the_model()
     machine.advance_clocks(seconds=30.0)
     machine.agrees_with_the_model()
-    # Not avoid_known_bugs' way: straight through the breaker, as a caller would.
+    # Straight through the breaker, as a caller would.
     with pytest.raises(LocalTrouble):
         machine.run(machine.breakers[0].call(machine.partner("local")))
     assert machine.breakers[0].state_name == "half-open"
