@@ -13,11 +13,14 @@ from circuit_breaker import AsyncCircuitBreaker, CircuitOpen
 from tests.partner_stand_ins import PartnerDown, fail
 
 
-async def trip(breaker: AsyncCircuitBreaker) -> None:
-    """Fail `fail_max` calls through `breaker` (some may be refused once another trip lands)."""
+async def trip(breaker: AsyncCircuitBreaker, alone: bool = False) -> None:
+    """Fail `fail_max` calls through `breaker`. In a fleet some may be refused once another
+    instance's trip lands; `alone`: every call reaches the partner and the circuit opens here."""
     for _ in range(breaker.breaker.fail_max):
-        with pytest.raises((PartnerDown, CircuitOpen)):
+        with pytest.raises(PartnerDown if alone else (PartnerDown, CircuitOpen)):
             await breaker.call(fail)
+    if alone:
+        assert breaker.state_name == "open"
 
 
 async def eventually(condition: Callable[[], object], within: float = 3.0, what: str = "condition") -> float:

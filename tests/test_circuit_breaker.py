@@ -11,6 +11,7 @@ import pytest
 
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
 from settings import OfferSettings
+from tests.breakers import trip
 from tests.fake_clock import FakeClock
 from tests.partner_stand_ins import PartnerDown, fail, ok, reject
 
@@ -29,13 +30,6 @@ def rewind(breaker: AsyncCircuitBreaker, seconds: float) -> None:
 def make_breaker() -> AsyncCircuitBreaker:
     settings = OfferSettings(circuit_fail_max=3, circuit_reset_timeout=RESET_TIMEOUT)
     return build_breaker(settings, clock=FakeClock())
-
-
-async def trip(breaker: AsyncCircuitBreaker) -> None:
-    for _ in range(breaker.breaker.fail_max):
-        with pytest.raises(PartnerDown):
-            await breaker.call(fail)
-    assert breaker.state_name == "open"
 
 
 async def test_closed_circuit_passes_calls_through() -> None:
@@ -92,7 +86,7 @@ async def test_partner_rejection_is_excluded_and_never_opens_the_circuit() -> No
 
 async def test_half_open_trial_success_closes_the_circuit() -> None:
     breaker = make_breaker()
-    await trip(breaker)
+    await trip(breaker, alone=True)
     rewind(breaker, RESET_TIMEOUT - 1)
     with pytest.raises(CircuitOpen):
         await breaker.call(ok)
@@ -105,7 +99,7 @@ async def test_half_open_trial_success_closes_the_circuit() -> None:
 
 async def test_half_open_trial_failure_opens_the_circuit_again() -> None:
     breaker = make_breaker()
-    await trip(breaker)
+    await trip(breaker, alone=True)
     rewind(breaker, RESET_TIMEOUT + 0.01)
     with pytest.raises(PartnerDown):
         await breaker.call(fail)
@@ -116,7 +110,7 @@ async def test_half_open_trial_failure_opens_the_circuit_again() -> None:
 
 async def test_half_open_allows_one_trial_call_at_a_time() -> None:
     breaker = make_breaker()
-    await trip(breaker)
+    await trip(breaker, alone=True)
     rewind(breaker, RESET_TIMEOUT + 0.01)
 
     trial_started = asyncio.Event()
@@ -144,7 +138,7 @@ async def test_half_open_allows_one_trial_call_at_a_time() -> None:
 
 async def test_a_cancelled_trial_lets_the_next_caller_try() -> None:
     breaker = make_breaker()
-    await trip(breaker)
+    await trip(breaker, alone=True)
     rewind(breaker, RESET_TIMEOUT + 0.01)
 
     started = asyncio.Event()
@@ -227,7 +221,7 @@ async def test_log_listener_reports_calls_at_debug_and_state_changes_at_warning(
     caplog.set_level(logging.DEBUG, logger="circuit_breaker")
     breaker = make_breaker()
     await breaker.call(ok)
-    await trip(breaker)
+    await trip(breaker, alone=True)
     events = [(record.levelno, record.getMessage()) for record in caplog.records]
     assert (logging.DEBUG, "partner-offer: before call to ok") in events
     assert (logging.DEBUG, "partner-offer: call succeeded") in events
@@ -257,7 +251,7 @@ async def test_calls_still_waiting_when_the_circuit_opens_are_cut_short() -> Non
     await asyncio.sleep(0)
     assert partner_calls == 10
     started = time.perf_counter()
-    await trip(breaker)
+    await trip(breaker, alone=True)
     results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), BOUND)
     assert time.perf_counter() - started < 1
     assert all(isinstance(result, CircuitOpen) and result.reason == "circuit-opened" for result in results)
@@ -277,7 +271,7 @@ async def test_a_timeout_raised_by_the_call_itself_is_a_failure_not_a_cut() -> N
 
 async def test_the_open_period_is_measured_on_the_injected_clock_not_the_wall_clock() -> None:
     breaker = make_breaker()
-    await trip(breaker)
+    await trip(breaker, alone=True)
     assert breaker.seconds_until_trial() == RESET_TIMEOUT
     rewind(breaker, 5)
     assert breaker.seconds_until_trial() == RESET_TIMEOUT - 5
