@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.processes import run_script
 
 
+@pytest.mark.timeout(180)
 def test_the_scenario_tells_the_whole_story() -> None:
     result = run_script("scenario.py", "--start", timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

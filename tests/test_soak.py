@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.processes import run_script
 
 
+@pytest.mark.timeout(240)
 def test_a_15_second_chaos_soak_passes() -> None:
     result = run_script("bench/soak.py", "--seconds", "15", timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
