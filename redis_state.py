@@ -147,7 +147,10 @@ for i = 3, #ARGV, 3 do
         transition('open'); changed = true
       end
     elseif op == 'close' or op == 'force-close' then
-      if state ~= 'closed' then
+      -- A record seeded after a loss is open from then on: a trial's success that
+      -- was on its way before the loss does not close it (a new trial will).
+      local reseeded = op == 'close' and redis.call('HGET', KEYS[1], 'seeded') == '1'
+      if state ~= 'closed' and not reseeded then
         transition('closed'); changed = true
       elseif op == 'force-close' then
         -- Already closed: no transition, but a new generation with a clean count,

@@ -464,3 +464,37 @@ async def test_stop_ends_even_when_a_redis_read_swallows_its_cancellation(
     await asyncio.wait_for(state.stop(), STOP_TIMEOUT + 1)
     assert time.monotonic() - started < STOP_TIMEOUT + 0.3
     assert swallowed >= 1
+
+
+async def test_a_trial_success_written_after_redis_came_back_empty_does_not_close_the_seeded_circuit(
+    fleet: Fleet, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    clock = FakeClock()
+    a, b = await fleet(clock=clock), await fleet(clock=clock)
+    await trip(a)
+    await eventually(lambda: b.state_name == "open", what="b open")
+    redis_client.hset(CIRCUIT, "opened_at", 0)
+    clock.advance(20)
+    trial = SlowCall()
+    trial.fails = False
+    probing = asyncio.create_task(a.call(trial))
+    await asyncio.wait_for(trial.started.wait(), BOUND)
+    redis_server.stop()
+    await eventually(lambda: not shared(a).connected, within=5, what="a sees the outage")
+    trial.finish.set()
+    assert await asyncio.wait_for(probing, BOUND) == "late hot"  # closed here, queued for Redis
+    assert a.state_name == "closed"
+    version = shared(a)._version
+    redis_server.restart()  # empty
+    client = redis.Redis.from_url(redis_server.url)
+    # Another instance seeds it first, as b would, before a reconnects (every 0.5 s):
+    # half-open counts as open, at the version the fleet had.
+    client.hset(
+        CIRCUIT, mapping={"state": "open", "fail_counter": 0, "version": version, "seq": 9, "seeded": 1}
+    )
+    client.hset(CIRCUIT, "opened_at", int(time.time() * 1000))
+    await eventually(lambda: shared(a).connected and shared(b).connected, within=5, what="both back")
+    await asyncio.sleep(0.3)  # every queued write has been sent
+    assert client.hget(CIRCUIT, "state") == b"open"
+    await eventually(lambda: a.state_name == b.state_name == "open", within=3, what="the fleet agrees")
+    client.close()
