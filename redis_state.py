@@ -221,14 +221,14 @@ if s[2] and tonumber(s[2]) >= seen then
   if ARGV[2] == 'open' and s[1] == 'closed' and s[3] == '1' then
     transition('open', tonumber(ARGV[4])); redis.call('HSET', KEYS[1], 'seeded', 1); publish()
   end
-  return snapshot()
+  return {'found', unpack(snapshot())}
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'fail_counter', ARGV[3], 'version', seen, 'seeded', 1,
            'seq', ARGV[6])
 if ARGV[2] == 'open' then redis.call('HSET', KEYS[1], 'opened_at', now_ms() - tonumber(ARGV[4])) end
 redis.call('DEL', KEYS[2])
 publish()
-return snapshot()
+return {'seeded', unpack(snapshot())}
 """
 )
 
@@ -653,14 +653,20 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             self._version,
             self._seq,
         ]
-        shared = Shared.parse(await shielded(self._seed(keys=self._keys, args=args)))
+        reply = await shielded(self._seed(keys=self._keys, args=args))
+        shared = Shared.parse(reply[1:])
+        if reply[0] == b"found":
+            # Another instance seeded it first (an open view here still won): what this
+            # process has not written yet goes on top, as it would have on the lost record.
+            self._heard(shared, "read")
+            return
         log.warning(
             "the circuit's record in Redis was %s: seeded from this instance's view (%s), now %s",
             reason,
             self._state,
             shared.state,
         )
-        self._outbox.clear()  # based on the lost versions: Redis would refuse them
+        self._outbox.clear()  # counted in the seed already
         self._heard(shared, "seed")
 
     def _lose(self, error: BaseException) -> None:

@@ -143,8 +143,10 @@ def test_killing_redis_under_load_serves_every_request_and_the_fleet_converges_a
         assert latency < PARTNER_TIMEOUT + 0.5
     for service in instances:
         log = service.log()
-        assert log.count("Redis lost") == 1
-        assert log.count("Redis is back") == 1
+        # One line per loss, each followed by its recovery. (A busy machine can make a Redis
+        # call miss its 250 ms once more around the restart: a second loss, said once too.)
+        assert log.count("Redis lost") >= 1
+        assert log.count("Redis is back") == log.count("Redis lost")
 
     # Shared again: a trip through one instance reaches the other.
     editable_partner.set_status(500)
