@@ -406,17 +406,23 @@ def targets(results: Results) -> list[Target]:
 
 
 def micro_targets(found: list[micro.MicroResult]) -> list[Target]:
+    """The breaker's own cost per call: in time (what the target was written in, and what moves
+    with the machine's load), and in instructions (what does not)."""
     limit = 5.0
-    return [
-        Target(
-            f"breaker cost per call, Redis state, steady state <= {limit:g} us",
-            r.microseconds,
-            " us",
-            r.microseconds.verdict(limit, lower_is_better=True),
-        )
-        for r in found
-        if r.name == REDIS
-    ]
+    by_name = {r.name: r for r in found}
+    targets = []
+    redis, memory = by_name.get(REDIS), by_name.get(MEMORY)
+    if redis:
+        verdict = redis.microseconds.verdict(limit, lower_is_better=True)
+        description = f"breaker cost per call, Redis state, steady state <= {limit:g} us"
+        targets.append(Target(description, redis.microseconds, " us", verdict))
+    if redis and memory and redis.instructions and memory.instructions:
+        # No Redis round trip per call: the shared state's bookkeeping is the memory state's, nearly.
+        ratio = Spread.of([redis.instructions / memory.instructions])
+        assert ratio is not None
+        description = "breaker cost per call, Redis state <= 1.1x memory state's, in instructions (callgrind)"
+        targets.append(Target(description, ratio, "x", ratio.verdict(1.1, lower_is_better=True)))
+    return targets
 
 
 def _cell(value: Spread | None, digits: int = 0, unit: str = "") -> str:
@@ -607,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per scenario (default 7)")
     parser.add_argument(
-        "--slow-rounds", type=int, default=3, help="rounds of the slow-partner scenario (default 3)"
+        "--slow-rounds", type=int, default=5, help="rounds of the slow-partner scenario (default 5)"
     )
     parser.add_argument(
         "--duration", type=float, default=2.0, help="seconds of load per case and round (default 2)"
