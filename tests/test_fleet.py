@@ -83,7 +83,7 @@ def test_after_the_reset_timeout_exactly_one_trial_reaches_the_partner(
     received = editable_partner.requests_received()
     wait_for(
         lambda: all(s.get("/offer/circuit").json()["seconds_until_trial"] == 0 for s in instances),
-        timeout=RESET_TIMEOUT + 1,
+        timeout=RESET_TIMEOUT + 3,
         what="reset timeout passed",
     )
 
@@ -94,8 +94,9 @@ def test_after_the_reset_timeout_exactly_one_trial_reaches_the_partner(
             responses = await asyncio.gather(
                 *(client.get(f"{instances[i % 2].url}/offer") for i in range(100))
             )
-            # All inside one reset timeout, or a second trial would be right.
-            assert time.monotonic() - started < RESET_TIMEOUT / 2
+            # All inside one reset timeout from the failed trial, or a second trial would be
+            # right. (On a busy machine 100 requests can take over a second.)
+            assert time.monotonic() - started < RESET_TIMEOUT
             return responses
 
     responses = asyncio.run(burst())
@@ -141,17 +142,19 @@ def test_killing_redis_under_load_serves_every_request_and_the_fleet_converges_a
         assert status == 200
         assert body.startswith(('"Hot offer ', '"Cold offer fallback '))
         assert latency < PARTNER_TIMEOUT + 0.5
-    for service in instances:
-        log = service.log()
-        # One line per loss, each followed by its recovery. (A busy machine can make a Redis
-        # call miss its 250 ms once more around the restart: a second loss, said once too.)
-        assert log.count("Redis lost") >= 1
-        assert log.count("Redis is back") == log.count("Redis lost")
-
     # Shared again: a trip through one instance reaches the other.
     editable_partner.set_status(500)
     trip_through(instances[1])
     wait_for(lambda: state_of(instances[0]) == "open", timeout=3, what="first instance sees the trip")
+    for service in instances:
+        # One line per loss, each followed by its recovery. (A busy machine can make a Redis
+        # call miss its 250 ms once more around the restart: a second loss, said once too.)
+        assert service.log().count("Redis lost") >= 1
+        wait_for(
+            lambda s=service: s.log().count("Redis is back") == s.log().count("Redis lost"),
+            timeout=5,
+            what="every loss followed by its recovery",
+        )
 
 
 def test_two_instances_on_a_redis_cluster_report_the_same_circuit(
