@@ -9,6 +9,7 @@ Prints one line per run and a last line `N passed, N failed`; exits non-zero if 
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +23,8 @@ def main() -> int:
     parser.add_argument("--burners", type=int, default=2, help="CPU-burning processes beside the tests")
     parser.add_argument("tests", nargs="+")
     options = parser.parse_args()
+    # Stopped from outside: still end the burners (the `finally` below runs on SystemExit).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(options.burners)]
     passed = failed = 0
     try:
