@@ -142,8 +142,12 @@ for i = 3, #ARGV, 3 do
       changed = true
     elseif op == 'open' or op == 'force-open' then
       -- A closed circuit opens on the fleet's count, not on one instance's view of it.
+      -- An open based on this very version of an open circuit is a trial that instance
+      -- made alone while Redis was out of reach, and that failed: its open wins, as a
+      -- new period from now, or the fleet would let another trial through at once.
       if state == 'half-open' or op == 'force-open' and state ~= 'open'
-         or state == 'closed' and tonumber(s[3] or '0') >= fail_max then
+         or state == 'closed' and tonumber(s[3] or '0') >= fail_max
+         or op == 'open' and state == 'open' then
         transition('open'); changed = true
       end
     elseif op == 'close' or op == 'force-close' then
@@ -653,6 +657,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             self._version,
             self._seq,
         ]
+        counted = len(self._outbox)  # what the seed's count includes
         reply = await shielded(self._seed(keys=self._keys, args=args))
         shared = Shared.parse(reply[1:])
         if reply[0] == b"found":
@@ -666,8 +671,10 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             self._state,
             shared.state,
         )
-        self._outbox.clear()  # counted in the seed already
-        self._heard(shared, "seed")
+        # Counted in the seed already; what came in during the round trip (a trip, say)
+        # stays, and is sent on top of the seed, as on any record.
+        del self._outbox[:counted]
+        self._heard(shared, "write")
 
     def _lose(self, error: BaseException) -> None:
         if not self.connected:
