@@ -38,7 +38,7 @@ from tests.breakers import eventually, trip
 from tests.conftest import Fleet
 from tests.fake_clock import FakeClock
 from tests.partner_stand_ins import PartnerDown, fail, ok
-from tests.processes import PROJECT_DIR, RedisServer, delay_proxy, free_port, wait_for
+from tests.processes import PROJECT_DIR, RedisClusterServers, RedisServer, delay_proxy, free_port, wait_for
 
 CIRCUIT = "{partner-offer}:circuit"
 TRIAL = "{partner-offer}:trial"
@@ -105,6 +105,10 @@ def state_log(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def written_failures(client: redis.Redis) -> int:
     return int(client.hget(CIRCUIT, "fail_counter") or 0)
+
+
+def subscribed(client: redis.Redis) -> bool:
+    return any(count for _, count in client.pubsub_numsub(CHANNEL))
 
 
 def settled(breaker: AsyncCircuitBreaker) -> bool:
@@ -177,6 +181,19 @@ async def test_the_client_gives_up_on_a_silent_redis_within_its_timeout_and_neve
     finally:
         await client.aclose()
         silent.close()
+
+
+async def test_a_cluster_gets_a_cluster_client_that_fails_as_fast(redis_cluster: RedisClusterServers) -> None:
+    client = await connect_cluster_aware(redis_cluster.url)
+    try:
+        assert isinstance(client, redis.asyncio.RedisCluster)
+        kwargs = client.get_connection_kwargs()
+        assert kwargs["socket_timeout"] == REDIS_TIMEOUT
+        assert kwargs["socket_connect_timeout"] == REDIS_TIMEOUT
+        assert client.retry.get_retries() == 0
+        assert await client.ping()
+    finally:
+        await client.aclose()
 
 
 async def test_a_plain_server_gets_the_plain_fail_fast_client(redis_server: RedisServer) -> None:
@@ -333,6 +350,23 @@ async def test_failures_after_a_reset_count_from_zero_in_the_same_write(
     assert breaker.breaker.fail_counter == 2
 
 
+async def test_a_success_right_after_failures_not_yet_written_resets_them_all(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    breaker = await fleet(circuit_fail_max=10)
+    for _ in range(4):
+        with pytest.raises(PartnerDown):
+            await breaker.call(fail)
+    await eventually(lambda: written_failures(redis_client) == 4, what="four failures written")
+    for _ in range(2):
+        with pytest.raises(PartnerDown):
+            await breaker.call(fail)
+    assert await breaker.call(ok) == "hot"  # before the writer ran: one entry, "reset"
+    await eventually(lambda: settled(breaker), what="written")
+    assert written_failures(redis_client) == 0
+    assert breaker.breaker.fail_counter == 0
+
+
 async def test_failures_of_another_instance_add_up_with_this_ones(
     fleet: Fleet, redis_client: redis.Redis
 ) -> None:
@@ -421,7 +455,7 @@ async def test_a_trial_failure_opens_the_circuit_in_redis_again(
     )
     assert redis_client.hget(CIRCUIT, "state") == b"open"
     assert int(redis_client.hget(CIRCUIT, "opened_at") or 0) > 0
-    assert breaker.seconds_until_trial() == 15
+    assert 14.99 <= breaker.seconds_until_trial() <= 15  # from Redis's stamp, a millisecond or so back
 
 
 # The open period, on this process's clock
@@ -434,6 +468,8 @@ async def test_the_instance_that_trips_waits_exactly_its_reset_timeout_on_its_ow
     await eventually(lambda: settled(breaker), what="trip written")
     await asyncio.sleep(0.05)
     # Redis's stamp, a millisecond or two before this process heard it: never later.
+    assert 9.995 <= breaker.seconds_until_trial() <= 10.0
+    await asyncio.sleep(1.1)  # a refresh heard since: Redis's clock moved on, this one did not
     assert 9.995 <= breaker.seconds_until_trial() <= 10.0
     clock.advance(4)
     assert 5.995 <= breaker.seconds_until_trial() <= 6.0
@@ -658,12 +694,17 @@ async def test_a_long_outage_keeps_only_the_newest_updates_and_says_so(
     state = shared(breaker)
     redis_server.stop()
     await eventually(lambda: not state.connected or state._outbox == [], what="idle")
-    for _ in range(MAX_OUTBOX + 3):
+    # The first force_open writes the transition and the operator's open, each later one a force-open:
+    # MAX_OUTBOX + 1000 entries in all, so the oldest 1000 go, the transition first.
+    for _ in range(MAX_OUTBOX + 999):
         breaker.force_open()
     assert len(state._outbox) == MAX_OUTBOX
+    assert {entry[0] for entry in state._outbox} == {"force-open"}
     dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
-    assert dropped == ["circuit updates dropped: 1 so far (Redis unreachable too long)"]
-    assert state._outbox[-1][0] == "force-open"
+    assert dropped == [  # the first one, then one line a thousand
+        "circuit updates dropped: 1 so far (Redis unreachable too long)",
+        "circuit updates dropped: 1000 so far (Redis unreachable too long)",
+    ]
     with contextlib.suppress(Exception):
         await asyncio.wait_for(state.stop(), BOUND)
 
@@ -833,11 +874,12 @@ async def test_a_record_reset_during_an_outage_is_seeded_and_says_so(
 async def test_an_idle_instance_reads_redis_once_a_second(fleet: Fleet, redis_client: redis.Redis) -> None:
     breaker = await fleet()
     await eventually(lambda: settled(breaker), what="started")
-    before, started = evalsha_calls(redis_client), time.monotonic()
+    before, started, cpu = evalsha_calls(redis_client), time.monotonic(), time.process_time()
     await asyncio.sleep(2.1)
     reads = evalsha_calls(redis_client) - before
     elapsed = time.monotonic() - started
     assert 1 <= reads <= int(elapsed) + 1
+    assert time.process_time() - cpu < 0.5  # it waits on pub/sub, it does not poll in a loop
 
 
 async def test_each_flush_is_one_write_with_no_read_of_its_own(
@@ -1018,11 +1060,75 @@ async def test_a_snapshot_saying_the_record_is_gone_is_checked_before_anything_i
     caplog.set_level(logging.WARNING, logger="redis_state")
     breaker = await fleet()
     await eventually(lambda: settled(breaker), what="started")
+    await eventually(lambda: subscribed(redis_client), what="listening")
     version = redis_client.hget(CIRCUIT, "version")
-    redis_client.publish(CHANNEL, "closed,0,,0,0,0")  # a snapshot of no record at all
+    assert redis_client.publish(CHANNEL, "closed,0,,0,0,0") == 1  # a snapshot of no record at all
     await asyncio.sleep(0.3)
     assert state_log(caplog) == []  # read again, found whole: nothing seeded
     assert redis_client.hget(CIRCUIT, "version") == version
     assert not redis_client.hexists(CIRCUIT, "seeded")
     await trip(breaker)  # and the background work goes on
     await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="trip written")
+
+
+async def test_a_snapshot_older_than_one_already_heard_is_ignored_and_one_as_new_is_taken(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    breaker = await fleet(circuit_fail_max=10)
+    for _ in range(2):
+        with pytest.raises(PartnerDown):
+            await breaker.call(fail)
+    await eventually(lambda: settled(breaker), what="written")
+    await asyncio.sleep(0.05)
+    version, seq = (
+        int(redis_client.hget(CIRCUIT, "version") or 0),
+        int(redis_client.hget(CIRCUIT, "seq") or 0),
+    )
+    await eventually(lambda: subscribed(redis_client), what="listening")
+    assert (
+        redis_client.publish(CHANNEL, f"closed,7,,{version},1,{seq - 1}") == 1
+    )  # made before the last change
+    await asyncio.sleep(0.2)
+    assert breaker.breaker.fail_counter == 2
+    redis_client.publish(CHANNEL, f"closed,7,,{version},1,{seq}")  # as new as the last one heard
+    await eventually(lambda: breaker.breaker.fail_counter == 7, what="the snapshot taken")
+
+
+async def test_an_outcome_counts_when_nothing_changed_meanwhile_even_across_refreshes(fleet: Fleet) -> None:
+    breaker = await fleet(circuit_fail_max=10)
+
+    async def slow_failure() -> str:
+        await asyncio.sleep(1.3)  # a refresh lands while the call is out
+        raise PartnerDown("late 500")
+
+    with pytest.raises(PartnerDown):
+        await asyncio.wait_for(breaker.call(slow_failure), BOUND)
+    assert breaker.breaker.fail_counter == 1
+
+
+async def test_failures_not_yet_written_still_count_when_redis_answers_an_earlier_batch(
+    fleet: Fleet, redis_server: RedisServer
+) -> None:
+    slow_road = Road(redis_server.port, delay=0.05)
+    slow_road.mend()
+    try:
+        breaker = await fleet(url=slow_road.url, circuit_fail_max=5)
+        state = shared(breaker)
+        await eventually(lambda: settled(breaker), what="started")
+        with pytest.raises(PartnerDown):
+            await breaker.call(fail)
+        await eventually(lambda: bool(state._in_flight), what="the first batch on its way")
+        for _ in range(2):
+            with pytest.raises(PartnerDown):
+                await breaker.call(fail)
+        # The first batch's reply (one failure) is heard; the next two are on their way.
+        await eventually(
+            lambda: state._in_flight and state._in_flight[0][2] == 2, what="the second batch sent"
+        )
+        assert breaker.breaker.fail_counter == 3
+        for _ in range(2):
+            with pytest.raises(PartnerDown):
+                await breaker.call(fail)
+        assert breaker.state_name == "open"  # five here, whatever Redis has heard so far
+    finally:
+        slow_road.cut()
