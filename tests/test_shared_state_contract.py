@@ -1021,7 +1021,7 @@ async def test_a_half_open_circuit_lost_from_redis_starts_a_full_open_period(
     redis_client.delete(CIRCUIT)
     await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", within=3, what="seeded open")
     age_ms = int(time.time() * 1000) - int(redis_client.hget(CIRCUIT, "opened_at") or 0)
-    assert 0 <= age_ms < 500  # from now: the trial's lease went with the record
+    assert 0 <= age_ms < 900  # from now (not a second back): the trial's lease went with the record
     finish.set()
     with contextlib.suppress(CircuitOpen):
         await asyncio.wait_for(probing, BOUND)
