@@ -1129,3 +1129,28 @@ async def test_failures_not_yet_written_still_count_when_redis_answers_an_earlie
         assert breaker.state_name == "open"  # five here, whatever Redis has heard so far
     finally:
         slow_road.cut()
+
+
+async def test_a_trip_not_yet_sent_is_not_undone_by_the_reply_to_an_earlier_batch(
+    fleet: Fleet, redis_server: RedisServer
+) -> None:
+    slow_road = Road(redis_server.port, delay=0.05)
+    slow_road.mend()
+    try:
+        breaker = await fleet(url=slow_road.url, circuit_fail_max=3)
+        state = shared(breaker)
+        await eventually(lambda: settled(breaker), what="started")
+        with pytest.raises(PartnerDown):
+            await breaker.call(fail)
+        await eventually(lambda: bool(state._in_flight), what="the first failure on its way")
+        for _ in range(2):
+            with pytest.raises(PartnerDown):
+                await breaker.call(fail)
+        assert breaker.state_name == "open"  # tripped here; the transition waits in the outbox
+        # Redis answered the first batch (one failure, still closed) while the trip was unsent.
+        await eventually(lambda: len(state._in_flight) == 2, what="the failures and the trip sent")
+        assert breaker.state_name == "open"
+        await eventually(lambda: settled(breaker), what="the trip written")
+        assert breaker.state_name == "open"
+    finally:
+        slow_road.cut()
