@@ -1154,3 +1154,20 @@ async def test_a_trip_not_yet_sent_is_not_undone_by_the_reply_to_an_earlier_batc
         assert breaker.state_name == "open"
     finally:
         slow_road.cut()
+
+
+async def test_a_stop_leaves_no_error_behind_on_the_event_loop(fleet: Fleet) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        breaker = await fleet()
+        await eventually(lambda: settled(breaker), what="started")
+        await asyncio.sleep(0.1)
+        await asyncio.wait_for(shared(breaker).stop(), BOUND)
+        await asyncio.sleep(0.2)  # the subscription's close completes in the background
+        gc.collect()
+        await asyncio.sleep(0)
+        assert reported == []
+    finally:
+        loop.set_exception_handler(None)
