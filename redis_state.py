@@ -13,8 +13,9 @@ pybreaker as the state machine and changes where the state lives:
   many calls failed meanwhile), so the outbox never grows with the request
   rate. The script decides the trip on the fleet's count, atomically, and
   PUBLISHes the new state; every instance subscribes, and a refresh every
-  second catches a message that pub/sub dropped. A batch that Redis did not
-  acknowledge is sent again after a reconnect, never silently dropped.
+  second catches a message that pub/sub dropped. A batch whose reply was
+  lost is sent again after a reconnect with its id, and Redis applies it
+  once: never dropped silently, never counted twice.
 - **Generations the fleet agrees on.** Every transition bumps a `version` in
   Redis. Each write carries the version it was based on and Redis refuses a
   write based on another one, so an outcome counts only against the
@@ -121,15 +122,18 @@ local function transition(to, open_age_ms)
 end
 """
 
-# KEYS: circuit hash, trial lease. ARGV: channel, fail_max, then entries of three:
-# op, the version it is based on, a count. An entry based on another version is
-# stale and refused; a forced one applies whatever the version.
+# KEYS: circuit hash, trial lease, this writer's last batch. ARGV: channel, fail_max,
+# the batch's id, then entries of three: op, the version it is based on, a count. An
+# entry based on another version is stale and refused; a forced one applies whatever
+# the version. A batch sent again after a lost reply is applied once.
 _APPLY = (
     _SNAPSHOT
     + """
+if redis.call('GET', KEYS[3]) == ARGV[3] then return snapshot() end
+redis.call('SET', KEYS[3], ARGV[3], 'EX', 3600)
 local fail_max = tonumber(ARGV[2])
 local changed = false
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   local op, base, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local s = redis.call('HMGET', KEYS[1], 'state', 'version', 'fail_counter')
   local state, version = s[1] or 'closed', s[2] or '0'
@@ -347,6 +351,8 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         self.connected = False
         self._outbox: list[list[Any]] = []  # [op, base version, count]
         self._in_flight: list[list[Any]] = []
+        self._batch_id = 0
+        self._written_key = f"{{{name}}}:written:{self._owner}"
         self._dropped = 0
         self._wake = asyncio.Event()
         self._stopping = False
@@ -576,9 +582,9 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
     async def _read(self) -> Shared:
         return Shared.parse(await shielded(self._read_script(keys=self._keys)))
 
-    async def _write(self, batch: list[list[Any]]) -> None:
-        args = [self._channel, self._fail_max, *(value for entry in batch for value in entry)]
-        reply = await shielded(self._apply(keys=self._keys, args=args))
+    async def _write(self, batch: list[list[Any]], batch_id: int) -> None:
+        args = [self._channel, self._fail_max, batch_id, *(value for entry in batch for value in entry)]
+        reply = await shielded(self._apply(keys=[*self._keys, self._written_key], args=args))
         self._heard(Shared.parse(reply), "write")
 
     async def _supervise(self) -> None:
@@ -599,21 +605,19 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             self._wake.clear()
             if self._lost_record and not self._stopping:
                 await self._check_record()
-            if not self._outbox:
+            if not self._outbox and not self._in_flight:
                 if self._stopping:
                     return
                 continue
-            self._in_flight, self._outbox = self._outbox, []
-            try:
-                await self._write(self._in_flight)
-            except BaseException:
-                # Not acknowledged: send it again after the reconnect (stale parts are refused then).
-                self._outbox[:0] = self._in_flight
-                raise
-            finally:
-                self._in_flight = []
-            if self._stopping:
-                self._wake.set()  # once more: return, or send what came in meanwhile
+            if not self._in_flight:
+                self._batch_id += 1
+                self._in_flight, self._outbox = self._outbox, []
+            # A batch whose reply was lost (a reconnect, a cancel) stays in flight and is
+            # sent again with its id: Redis applies it once, whether or not it had it.
+            await self._write(self._in_flight, self._batch_id)
+            self._in_flight = []
+            if self._outbox or self._stopping:
+                self._wake.set()  # once more: send what came in meanwhile, or return
 
     async def _follow_changes(self) -> None:
         pubsub = self._client.pubsub()
@@ -674,6 +678,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         # Counted in the seed already; what came in during the round trip (a trip, say)
         # stays, and is sent on top of the seed, as on any record.
         del self._outbox[:counted]
+        self._in_flight = []
         self._heard(shared, "write")
 
     def _lose(self, error: BaseException) -> None:
@@ -698,6 +703,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
                     await self._seed_from_view(reason="reset while it was unreachable")
                 elif shared.version > self._version:
                     self._outbox.clear()  # based on a generation the fleet has left
+                    self._in_flight = []
                     self._heard(shared, "seed")
             except (RedisError, OSError):
                 continue
