@@ -501,3 +501,34 @@ async def test_a_trial_success_written_after_redis_came_back_empty_does_not_clos
     assert client.hget(CIRCUIT, "state") == b"open"
     await eventually(lambda: a.state_name == b.state_name == "open", within=3, what="the fleet agrees")
     client.close()
+
+
+async def test_a_trial_that_failed_while_redis_was_out_of_reach_starts_a_new_open_period_for_the_fleet(
+    fleet: Fleet, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    a = await fleet(clock=clock)
+    await eventually(lambda: len(redis_client.client_list(_type="pubsub")) == 1, what="a subscribed")
+    a_connections = [c["id"] for c in redis_client.client_list() if c["id"] != str(redis_client.client_id())]
+    b = await fleet(clock=clock)
+    await trip(a)
+    await eventually(lambda: b.state_name == "open", what="b open")
+    redis_client.hset(CIRCUIT, "opened_at", 0)  # Redis's own reset timeout has passed
+    clock.advance(20)
+    # Only a loses Redis, long enough to make the trial alone; Redis never sees it half-open.
+    monkeypatch.setattr(redis_state, "RECONNECT_INTERVAL", 1.0)
+    for connection in a_connections:
+        redis_client.client_kill_filter(_id=connection)
+    await eventually(lambda: not shared(a).connected, what="a sees the outage")
+    with pytest.raises(PartnerDown):
+        await a.call(fail)  # the trial, decided alone, fails: open again here
+    assert a.state_name == "open"
+    await eventually(
+        lambda: shared(a).connected and not shared(a)._writes_pending(), within=BOUND, what="a back"
+    )
+    # An open here wins: the fleet starts a new open period, not the one that had passed.
+    opened_at = int(redis_client.hget(CIRCUIT, "opened_at") or 0)
+    assert time.time() * 1000 - opened_at < BOUND * 1000
+    await eventually(lambda: b.seconds_until_trial() > 10, what="b hears the new open period")
+    with pytest.raises(CircuitOpen, match="circuit-open"):
+        await b.call(ok)
