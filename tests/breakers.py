@@ -10,7 +10,19 @@ import pytest
 import redis
 
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen
+from redis_state import SharedCircuitState
 from tests.partner_stand_ins import PartnerDown, fail
+
+# The keys of the offer service's breaker in Redis (the hash tag is its name).
+CIRCUIT = "{partner-offer}:circuit"
+TRIAL = "{partner-offer}:trial"
+CHANNEL = "{partner-offer}:changes"
+
+
+def shared(breaker: AsyncCircuitBreaker) -> SharedCircuitState:
+    """The breaker's shared state, for a test that made it with a Redis client."""
+    assert breaker.shared is not None
+    return breaker.shared
 
 
 async def trip(breaker: AsyncCircuitBreaker, alone: bool = False) -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from circuit_breaker import AsyncCircuitBreaker, build_breaker
 from redis_state import connect_cluster_aware
@@ -93,3 +94,11 @@ async def fleet(redis_server: RedisServer) -> AsyncIterator[Fleet]:
     for breaker in made:
         assert breaker.shared is not None
         await breaker.shared.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A plain client of `redis_server`, to look at or tamper with what the breakers wrote."""
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()

@@ -7,34 +7,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
 
 import redis_state
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen
-from redis_state import STOP_TIMEOUT, SharedCircuitState
-from tests.breakers import eventually, trip
+from redis_state import STOP_TIMEOUT
+from tests.breakers import CIRCUIT, TRIAL, eventually, shared, trip
 from tests.conftest import Fleet
 from tests.fake_clock import FakeClock
 from tests.partner_stand_ins import PartnerDown, fail, ok
 from tests.processes import RedisServer, delay_proxy
 
-CIRCUIT = "{partner-offer}:circuit"
 BOUND = 5.0
-
-
-def shared(breaker: AsyncCircuitBreaker) -> SharedCircuitState:
-    assert breaker.shared is not None
-    return breaker.shared
-
-
-@pytest.fixture
-def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
 
 
 class SlowCall:
@@ -364,7 +350,7 @@ async def test_a_released_lease_is_heard_at_once_by_an_instance_told_busy(
     probing.cancel()  # the trial's caller went away: the lease is handed back
     with contextlib.suppress(asyncio.CancelledError):
         await probing
-    await eventually(lambda: not redis_client.exists("{partner-offer}:trial"), what="lease released")
+    await eventually(lambda: not redis_client.exists(TRIAL), what="lease released")
 
     async def b_may_try() -> bool:
         with contextlib.suppress(CircuitOpen):
@@ -400,7 +386,7 @@ async def test_a_caller_cancelled_while_claiming_the_trial_never_calls_the_partn
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(claiming, BOUND)
         assert partner_calls == 0
-        await eventually(lambda: not redis_client.exists("{partner-offer}:trial"), what="lease handed back")
+        await eventually(lambda: not redis_client.exists(TRIAL), what="lease handed back")
 
 
 # Settings the fleet shares

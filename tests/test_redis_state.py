@@ -15,7 +15,7 @@ import redis_state
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, build_breaker
 from redis_state import connect_cluster_aware
 from settings import OfferSettings
-from tests.breakers import eventually, script_calls, trip
+from tests.breakers import CIRCUIT, eventually, script_calls, trip
 from tests.conftest import Fleet
 from tests.partner_stand_ins import PartnerDown, ok
 from tests.processes import RedisClusterServers, RedisServer
@@ -68,13 +68,13 @@ async def test_concurrent_failures_on_several_instances_trip_the_circuit_once(
 ) -> None:
     breakers = [await fleet() for _ in range(3)]
     client = redis.Redis.from_url(redis_server.url)
-    version_before = int(client.hget("{partner-offer}:circuit", "version") or 0)
+    version_before = int(client.hget(CIRCUIT, "version") or 0)
     await asyncio.gather(*(trip(breaker) for breaker in breakers))
-    await eventually(lambda: client.hget("{partner-offer}:circuit", "state") == b"open")
+    await eventually(lambda: client.hget(CIRCUIT, "state") == b"open")
     await asyncio.sleep(0.1)  # every queued write has landed
     # One transition, not three.
-    assert int(client.hget("{partner-offer}:circuit", "version") or 0) == version_before + 1
-    opened_at = client.hget("{partner-offer}:circuit", "opened_at")
+    assert int(client.hget(CIRCUIT, "version") or 0) == version_before + 1
+    opened_at = client.hget(CIRCUIT, "opened_at")
     assert opened_at is not None and len(opened_at) == 13  # milliseconds
     for breaker in breakers:
         await eventually(lambda b=breaker: b.breaker.state.name == "open")  # type: ignore[misc]
@@ -164,7 +164,7 @@ async def test_redis_outage_is_survived_and_the_open_circuit_wins_on_recovery(
     redis_server.restart()  # comes back empty: closed, as far as Redis knows
     await eventually(lambda: breaker.shared.connected, within=5)  # type: ignore[union-attr]
     client = redis.Redis.from_url(redis_server.url)
-    assert client.hget("{partner-offer}:circuit", "state") == b"open"
+    assert client.hget(CIRCUIT, "state") == b"open"
     assert breaker.state_name == "open"
     assert sum("Redis is back" in r.getMessage() for r in caplog.records) == 1
     client.close()

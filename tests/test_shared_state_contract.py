@@ -34,28 +34,13 @@ from redis_state import (
     connect_cluster_aware,
     shielded,
 )
-from tests.breakers import eventually, trip
+from tests.breakers import CHANNEL, CIRCUIT, TRIAL, eventually, shared, trip
 from tests.conftest import Fleet
 from tests.fake_clock import FakeClock
 from tests.partner_stand_ins import PartnerDown, fail, ok
 from tests.processes import PROJECT_DIR, RedisClusterServers, RedisServer, delay_proxy, free_port, wait_for
 
-CIRCUIT = "{partner-offer}:circuit"
-TRIAL = "{partner-offer}:trial"
-CHANNEL = "{partner-offer}:changes"
 BOUND = 5.0
-
-
-def shared(breaker: AsyncCircuitBreaker) -> SharedCircuitState:
-    assert breaker.shared is not None
-    return breaker.shared
-
-
-@pytest.fixture
-def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
 
 
 def evalsha_calls(client: redis.Redis) -> int:
