@@ -84,7 +84,7 @@ soak: $(VENV)/.dev
 	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-* .pytest_cache .mypy_cache .ruff_cache mutants
 
 ## mutation: mutmut's score for circuit_breaker.py and redis_state.py, each mutant against the tests
 ## that reach it ([tool.mutmut] in pyproject.toml); MUTANTS='redis_state*' narrows it, CHILDREN=N runs N at once
