@@ -30,7 +30,7 @@ demo: $(VENV)/.runtime
 
 ## test: unit and end-to-end tests against real processes (and a real redis-server)
 test: $(VENV)/.dev
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 ## test-versions: the breaker, shared-state and end-to-end tests on every other Python the README
 ## promises, each in its own .venv-X.Y (python3.X from PATH, else pyenv's latest 3.X)

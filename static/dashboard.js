@@ -111,7 +111,17 @@ async function admin(method, url, body) {
     return;
   }
   const answer = await response.json().catch(() => ({}));
-  $("message").textContent = response.ok ? "" : answer.detail || `failed: ${response.status}`;
+  $("message").textContent = response.ok ? done(answer) : answer.detail || `failed: ${response.status}`;
+}
+
+// What an admin action changed, said back: the partner's chaos, or the circuit's state.
+function done(answer) {
+  if ("effective_status_code" in answer) {
+    const latency = answer.latency ? `, +${answer.latency} s` : "";
+    const mode = answer.mode && answer.mode !== "normal" ? `, ${answer.mode}` : "";
+    return `partner: ${answer.effective_status_code}${latency}${mode}`;
+  }
+  return "current_state" in answer ? `circuit: ${answer.current_state}` : "";
 }
 
 async function fire() {

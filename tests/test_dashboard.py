@@ -58,6 +58,7 @@ def test_break_the_partner_watch_the_circuit_open_then_heal_it(browser: Any, tmp
         expect(page.locator("#stream")).to_have_text("live")
 
         page.click("#break")
+        expect(page.locator("#message")).to_have_text("partner: 500")  # the page says when it took
         page.fill("#count", "10")
         page.click("#fire")
         expect(page.get_by_test_id("state")).to_have_text("open", timeout=5000)
@@ -70,6 +71,7 @@ def test_break_the_partner_watch_the_circuit_open_then_heal_it(browser: Any, tmp
             page.screenshot(path=os.environ["DASHBOARD_SCREENSHOT"], full_page=True)
 
         page.click("#heal")
+        expect(page.locator("#message")).to_have_text("partner: 200")
         expect(page.get_by_test_id("countdown")).to_have_text("next request is the trial", timeout=5000)
         page.fill("#count", "1")
         page.click("#fire")
