@@ -125,7 +125,7 @@ async def test_a_4xx_is_a_fallback_that_never_opens_the_circuit(partner: Partner
         (200, b"x" * (64 * 1024 + 1), {}, "partner-bad-body"),
         (
             200,
-            gzip.compress(gzip.compress(b"0" * 1_000_000)),
+            gzip.compress(gzip.compress(b"0" * 1_000_000, mtime=0), mtime=0),
             {"content-encoding": "gzip, gzip"},
             "partner-bad-body",
         ),
@@ -133,6 +133,7 @@ async def test_a_4xx_is_a_fallback_that_never_opens_the_circuit(partner: Partner
         (503, b"down", {}, "partner-status-503"),
         (302, b"", {"location": "/elsewhere"}, "partner-status-302"),
     ],
+    ids=["empty", "not-utf8", "json", "too-large", "gzip-gzip", "429", "503", "302"],
 )
 async def test_every_bad_answer_is_a_counted_failure_and_a_fallback(
     partner: Partner, status: int, body: bytes, headers: dict[str, str], reason: str
@@ -149,7 +150,7 @@ async def test_every_bad_answer_is_a_counted_failure_and_a_fallback(
 
 
 async def test_a_gzipped_hot_offer_is_read(partner: Partner) -> None:
-    partner.body = gzip.compress(b"Hot offer 56:78")
+    partner.body = gzip.compress(b"Hot offer 56:78", mtime=0)
     partner.headers = {"content-type": "text/plain", "content-encoding": "gzip"}
     async with offer_service(partner) as client:
         assert (await client.get("/offer")).json() == "Hot offer 56:78"
