@@ -23,6 +23,13 @@ from tests.processes import RedisServer, delay_proxy
 BOUND = 5.0
 
 
+def reset_timeout_passed(redis_client: redis.Redis, clock: FakeClock) -> None:
+    """Let the reset timeout pass for the fleet without waiting: on Redis's clock (the open
+    stamp moved back) and on the instances' own (their fake clock moved on)."""
+    redis_client.hset(CIRCUIT, "opened_at", 0)
+    clock.advance(20)
+
+
 class SlowCall:
     """A partner call that waits until the test lets it end, with a success or a failure."""
 
@@ -152,8 +159,7 @@ async def test_a_half_open_circuit_lost_from_redis_stays_open_everywhere(
     a, b = await fleet(clock=clock), await fleet(clock=clock)
     await trip(a)
     await eventually(lambda: b.state_name == "open", what="b open")
-    redis_client.hset(CIRCUIT, "opened_at", 0)  # Redis's own reset timeout has passed
-    clock.advance(20)
+    reset_timeout_passed(redis_client, clock)
     trial = SlowCall()
     trial.fails = False
     probing = asyncio.create_task(a.call(trial))
@@ -291,8 +297,7 @@ async def test_a_forced_open_during_a_half_open_trial_elsewhere_is_not_lost(
     a, b = await fleet(clock=clock), await fleet(clock=clock)
     await trip(a)
     await eventually(lambda: b.state_name == "open", what="b open")
-    redis_client.hset(CIRCUIT, "opened_at", 0)
-    clock.advance(20)
+    reset_timeout_passed(redis_client, clock)
     trial = SlowCall()
     trial.fails = False
     probing = asyncio.create_task(a.call(trial))
@@ -340,8 +345,7 @@ async def test_a_released_lease_is_heard_at_once_by_an_instance_told_busy(
     a, b = await fleet(clock=clock, partner_timeout=30), await fleet(clock=clock, partner_timeout=30)
     await trip(a)
     await eventually(lambda: b.state_name == "open", what="b open")
-    redis_client.hset(CIRCUIT, "opened_at", 0)
-    clock.advance(20)
+    reset_timeout_passed(redis_client, clock)
     trial = SlowCall()
     probing = asyncio.create_task(a.call(trial))
     await asyncio.wait_for(trial.started.wait(), BOUND)
@@ -371,8 +375,7 @@ async def test_a_caller_cancelled_while_claiming_the_trial_never_calls_the_partn
         a = await fleet(url=url, clock=clock, partner_timeout=30)
         await trip(a)
         await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="open written")
-        redis_client.hset(CIRCUIT, "opened_at", 0)
-        clock.advance(20)
+        reset_timeout_passed(redis_client, clock)
         partner_calls = 0
 
         async def counted() -> str:
@@ -462,8 +465,7 @@ async def test_a_trial_success_written_after_redis_came_back_empty_does_not_clos
     a, b = await fleet(clock=clock), await fleet(clock=clock)
     await trip(a)
     await eventually(lambda: b.state_name == "open", what="b open")
-    redis_client.hset(CIRCUIT, "opened_at", 0)
-    clock.advance(20)
+    reset_timeout_passed(redis_client, clock)
     trial = SlowCall()
     trial.fails = False
     probing = asyncio.create_task(a.call(trial))
@@ -499,8 +501,7 @@ async def test_a_trial_that_failed_while_redis_was_out_of_reach_starts_a_new_ope
     b = await fleet(clock=clock)
     await trip(a)
     await eventually(lambda: b.state_name == "open", what="b open")
-    redis_client.hset(CIRCUIT, "opened_at", 0)  # Redis's own reset timeout has passed
-    clock.advance(20)
+    reset_timeout_passed(redis_client, clock)
     # Only a loses Redis, long enough to make the trial alone; Redis never sees it half-open.
     monkeypatch.setattr(redis_state, "RECONNECT_INTERVAL", 1.0)
     for connection in a_connections:
