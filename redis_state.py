@@ -303,6 +303,10 @@ async def shielded(awaitable: Awaitable[T], cancel_inner: bool = True) -> T:
         raise
 
 
+def _has_transition(entries: list[list[Any]]) -> bool:
+    return any(op not in COUNTS for op, _, _ in entries)
+
+
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()  # an abandoned call's error is expected: don't log it as unretrieved
@@ -514,7 +518,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             self._busy_until = None  # something changed: a released lease, say
         if source != "seed" and shared.version == self._version:
             # Redis has not seen some writes of ours yet: the reply to them settles it.
-            if source == "write" and any(e[0] not in COUNTS for e in self._outbox):
+            if source == "write" and _has_transition(self._outbox):
                 return  # a transition made here, not sent yet
             if source != "write" and self._writes_pending():
                 return
@@ -573,7 +577,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         return bool(self._in_flight or self._outbox)
 
     def _transitions_pending(self) -> bool:
-        return any(e[0] not in COUNTS for e in (*self._in_flight, *self._outbox))
+        return _has_transition(self._in_flight) or _has_transition(self._outbox)
 
     def _suspect_lost(self) -> None:
         self._lost_record = True
