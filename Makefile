@@ -64,7 +64,7 @@ stress: $(VENV)/.dev
 
 ## scenario: drive the walkthrough against the running demo, or against its own services
 scenario: $(VENV)/.runtime
-	$(BIN)/python scenario.py
+	$(BIN)/python tools/scenario.py
 
 ## lint: ruff and mypy
 lint: $(VENV)/.dev
@@ -73,15 +73,15 @@ lint: $(VENV)/.dev
 	$(BIN)/mypy
 
 ## bench: CPU per request, requests/s and latency of /offer against the naive pattern and the ceilings,
-## in interleaved rounds, with medians and ranges (bench/README.md); BENCH_ARGS="--rounds 7" and so on
+## in interleaved rounds, with medians and ranges (tools/bench/README.md); BENCH_ARGS="--rounds 7" and so on
 BENCH_ARGS ?=
 bench: $(VENV)/.dev
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python tools/bench/run.py $(BENCH_ARGS)
 
-## soak: 60 s of partner faults and a Redis outage under 50 clients (bench/soak.py); SOAK_SECONDS=15 for short
+## soak: 60 s of partner faults and a Redis outage under 50 clients (tools/bench/soak.py); SOAK_SECONDS=15 for short
 SOAK_SECONDS ?= 60
 soak: $(VENV)/.dev
-	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS)
+	$(BIN)/python tools/bench/soak.py --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) .venv-* .pytest_cache .mypy_cache .ruff_cache mutants

@@ -40,8 +40,8 @@ from typing import Any, TypeVar
 import pybreaker
 from redis.asyncio import Redis, RedisCluster
 
-from redis_state import SharedCircuitState
-from settings import OfferSettings
+from service.redis_state import SharedCircuitState
+from service.settings import OfferSettings
 
 log = logging.getLogger("circuit_breaker")
 

@@ -25,16 +25,21 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 
-import http_limits
-import method_not_allowed
-import settings as settings_module
-from admin import AdminGuard
 from circuit_breaker import BREAKER_NAME, AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
-from circuit_events import CircuitObserver, Outcome
-from dashboard import STATIC_DIR, build_router
-from partner_client import HttpClientFactory, LocalResourceError, PartnerClient, PartnerFailure, http_client
-from redis_state import SharedCircuitState, connect_cluster_aware
-from settings import OfferSettings
+from service import http_limits, method_not_allowed
+from service import settings as settings_module
+from service.admin import AdminGuard
+from service.circuit_events import CircuitObserver, Outcome
+from service.dashboard import STATIC_DIR, build_router
+from service.partner_client import (
+    HttpClientFactory,
+    LocalResourceError,
+    PartnerClient,
+    PartnerFailure,
+    http_client,
+)
+from service.redis_state import SharedCircuitState, connect_cluster_aware
+from service.settings import OfferSettings
 
 log = logging.getLogger("offer_service")
 
@@ -59,7 +64,7 @@ OFFER_HEADERS = {
 def create_app(
     settings: OfferSettings | None = None, client_factory: HttpClientFactory = http_client
 ) -> FastAPI:
-    """The offer service; `client_factory` swaps the HTTP client, as `bench/` does to compare them."""
+    """The offer service; `client_factory` swaps the HTTP client, as `tools/bench/` does to compare them."""
     settings = settings or settings_module.load(OfferSettings)
 
     @asynccontextmanager

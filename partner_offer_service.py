@@ -23,12 +23,11 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-import http_limits
-import method_not_allowed
-import settings as settings_module
-from admin import ADMIN_RESPONSES, BODY_RESPONSES, AdminGuard
-from chaos import HANG_SECONDS, Chaos
-from settings import PartnerSettings
+from service import http_limits, method_not_allowed
+from service import settings as settings_module
+from service.admin import ADMIN_RESPONSES, BODY_RESPONSES, AdminGuard
+from service.chaos import HANG_SECONDS, Chaos
+from service.settings import PartnerSettings
 
 STATUS_CODE = 200
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen
-from redis_state import SharedCircuitState
+from service.redis_state import SharedCircuitState
 from tests.partner_stand_ins import PartnerDown, fail
 
 # The keys of the offer service's breaker in Redis (the hash tag is its name).

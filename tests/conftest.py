@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from circuit_breaker import AsyncCircuitBreaker, build_breaker
-from redis_state import connect_cluster_aware
-from settings import OfferSettings
-from tests.processes import EditablePartner, RedisClusterServers, RedisServer, redis_server_binary
+from service.redis_state import connect_cluster_aware
+from service.settings import OfferSettings
+from tools.processes import EditablePartner, RedisClusterServers, RedisServer, redis_server_binary
 
 REDIS_HINT = "no redis-server on PATH: install it (apt-get install redis-server) to run the Redis tests"
 

@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterable
 
 from circuit_breaker import PartnerRejected
-from tests.processes import free_port
+from tools.processes import free_port
 
 
 class PartnerDown(Exception):

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import Service, uvicorn_service
+from tools.processes import Service, uvicorn_service
 
 TOKEN = "admin-test-token-0123456789abcdef"
 ADMIN_REQUESTS = [

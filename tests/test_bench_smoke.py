@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import run_script
+from tools.processes import run_script
 
 
 @pytest.mark.timeout(300)  # a few service starts per case and round, on a machine that may be busy
 def test_bench_smoke_run_writes_results(tmp_path: Path) -> None:
-    result = run_script("bench/run.py", "--smoke", "--out", str(tmp_path), timeout=280)
+    result = run_script("tools/bench/run.py", "--smoke", "--out", str(tmp_path), timeout=280)
     assert result.returncode == 0, result.stderr
     markdown = (tmp_path / "results.md").read_text()
     for row in (

@@ -24,7 +24,7 @@ from circuit_breaker import (
     PartnerRejected,
     build_breaker,
 )
-from settings import OfferSettings
+from service.settings import OfferSettings
 from tests.fake_clock import FakeClock
 from tests.partner_stand_ins import PartnerDown, fail, ok
 

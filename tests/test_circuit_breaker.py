@@ -10,7 +10,7 @@ import pybreaker
 import pytest
 
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
-from settings import OfferSettings
+from service.settings import OfferSettings
 from tests.breakers import trip
 from tests.fake_clock import FakeClock
 from tests.partner_stand_ins import PartnerDown, fail, ok, reject

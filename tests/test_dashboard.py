@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.processes import Service, uvicorn_service
+from tools.processes import Service, uvicorn_service
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Without the network-quieting flags Chromium tries to reach Google's hosts at start.

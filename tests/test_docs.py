@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from settings import OfferSettings, PartnerSettings
-from tests.processes import PROJECT_DIR
+from service.settings import OfferSettings, PartnerSettings
+from tools.processes import PROJECT_DIR
 
 ENGLISH = (PROJECT_DIR / "README.md").read_text()
 PORTUGUESE = (PROJECT_DIR / "README.pt-BR.md").read_text()

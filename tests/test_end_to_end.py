@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import EditablePartner, Service, free_port, script_service, uvicorn_service, wait_for
+from tools.processes import EditablePartner, Service, free_port, script_service, uvicorn_service, wait_for
 
 RESET_TIMEOUT = 2.0  # short, so no test sleeps through the default 15 s
 

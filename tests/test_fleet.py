@@ -14,7 +14,7 @@ import pytest
 import redis as redis_module
 
 from tests.breakers import script_calls
-from tests.processes import (
+from tools.processes import (
     EditablePartner,
     RedisClusterServers,
     RedisServer,

@@ -11,14 +11,14 @@ import time
 import pytest
 import redis
 
-import redis_state
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen
-from redis_state import STOP_TIMEOUT
+from service import redis_state
+from service.redis_state import STOP_TIMEOUT
 from tests.breakers import CIRCUIT, TRIAL, eventually, shared, trip
 from tests.conftest import Fleet
 from tests.fake_clock import FakeClock
 from tests.partner_stand_ins import PartnerDown, fail, ok
-from tests.processes import RedisServer, delay_proxy
+from tools.processes import RedisServer, delay_proxy
 
 BOUND = 5.0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import Service, uvicorn_service
+from tools.processes import Service, uvicorn_service
 
 TOKEN = "fuzz-token-0123456789abcdef"
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")

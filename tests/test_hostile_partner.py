@@ -22,7 +22,7 @@ from tests.partner_stand_ins import (
     head,
     one_gibibyte_of_zeros_gzipped,
 )
-from tests.processes import Service, peak_memory_bytes, uvicorn_service
+from tools.processes import Service, peak_memory_bytes, uvicorn_service
 
 PARTNER_TIMEOUT = 0.5
 

@@ -18,8 +18,8 @@ import httpx
 import psutil
 import pytest
 
-from partner_client import LocalResourceError, OncePerBurst, PartnerClient, PartnerFailure
-from tests.processes import RedisServer, Service, uvicorn_service, wait_for, with_open_files_limit
+from service.partner_client import LocalResourceError, OncePerBurst, PartnerClient, PartnerFailure
+from tools.processes import RedisServer, Service, uvicorn_service, wait_for, with_open_files_limit
 
 OPEN_FILES_LIMIT = 48
 FIRST_LINE = "(not counted against the partner)"

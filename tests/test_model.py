@@ -42,14 +42,14 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-import redis_state
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
-from redis_state import Shared, SharedCircuitState, connect
-from settings import OfferSettings
+from service import redis_state
+from service.redis_state import Shared, SharedCircuitState, connect
+from service.settings import OfferSettings
 from tests.breakers import CIRCUIT, TRIAL
 from tests.fake_clock import FakeClock
 from tests.partner_stand_ins import PartnerDown
-from tests.processes import RedisServer
+from tools.processes import RedisServer
 
 T = TypeVar("T")
 

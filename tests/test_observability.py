@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import EditablePartner, Service, script_service, uvicorn_service, wait_for
+from tools.processes import EditablePartner, Service, script_service, uvicorn_service, wait_for
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import EditablePartner, Service, uvicorn_service
+from tools.processes import EditablePartner, Service, uvicorn_service
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from circuit_breaker import PartnerRejected
-from partner_client import MAX_OFFER_BYTES, PartnerClient, PartnerFailure, http_client
-from settings import OfferSettings
+from service.partner_client import MAX_OFFER_BYTES, PartnerClient, PartnerFailure, http_client
+from service.settings import OfferSettings
 from tests.partner_stand_ins import gzipped, one_gibibyte_of_zeros_gzipped
-from tests.processes import free_port
+from tools.processes import free_port
 
 
 class Chunked(httpx.AsyncByteStream):

@@ -23,12 +23,12 @@ import pytest
 import redis
 
 from circuit_breaker import BREAKER_NAME, AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
-from redis_state import SharedCircuitState, connect
-from settings import OfferSettings
+from service.redis_state import SharedCircuitState, connect
+from service.settings import OfferSettings
 from tests.breakers import eventually
 from tests.fake_clock import FakeClock
 from tests.partner_stand_ins import PartnerDown, fail, ok
-from tests.processes import RedisServer
+from tools.processes import RedisServer
 
 CIRCUIT, TRIAL = f"{{{BREAKER_NAME}}}:circuit", f"{{{BREAKER_NAME}}}:trial"
 BOUND = 5.0

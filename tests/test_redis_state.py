@@ -11,14 +11,14 @@ import pytest
 import redis
 from redis.asyncio import RedisCluster
 
-import redis_state
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, build_breaker
-from redis_state import connect_cluster_aware
-from settings import OfferSettings
+from service import redis_state
+from service.redis_state import connect_cluster_aware
+from service.settings import OfferSettings
 from tests.breakers import CIRCUIT, eventually, script_calls, trip
 from tests.conftest import Fleet
 from tests.partner_stand_ins import PartnerDown, ok
-from tests.processes import RedisClusterServers, RedisServer
+from tools.processes import RedisClusterServers, RedisServer
 
 FAIL_MAX = 3
 

@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from chaos_relay import MAX_CHAOS_BYTES
+from service.chaos_relay import MAX_CHAOS_BYTES
 from tests.partner_stand_ins import (
     Behaviour,
     HostilePartner,
@@ -24,7 +24,7 @@ from tests.partner_stand_ins import (
     head,
     one_gibibyte_of_zeros_gzipped,
 )
-from tests.processes import Service, free_port, peak_memory_bytes, uvicorn_service, wait_for
+from tools.processes import Service, free_port, peak_memory_bytes, uvicorn_service, wait_for
 
 PARTNER_TIMEOUT = 0.5
 CHAOS = {

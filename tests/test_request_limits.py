@@ -20,10 +20,9 @@ import httpx
 import psutil
 import pytest
 
-import dashboard
-import http_limits
-from circuit_events import MAX_EVENT_STREAMS, CircuitObserver
-from tests.processes import Service, copy_project, free_port, uvicorn_service, wait_for
+from service import dashboard, http_limits
+from service.circuit_events import MAX_EVENT_STREAMS, CircuitObserver
+from tools.processes import Service, copy_project, free_port, uvicorn_service, wait_for
 
 TOKEN = "limits-test-token-0123456789abcdef"
 BIG = 256 * 1024 * 1024

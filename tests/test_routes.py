@@ -15,8 +15,8 @@ from fastapi import FastAPI
 
 import partner_offer_service
 from offer_service import create_app
-from partner_client import ACCEPT_ENCODING
-from settings import OfferSettings
+from service.partner_client import ACCEPT_ENCODING
+from service.settings import OfferSettings
 
 TOKEN = "a-test-token-of-at-least-16-chars"
 Handler = Callable[[httpx.Request], httpx.Response]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import settings
-from settings import OfferSettings, PartnerSettings
-from tests.processes import PROJECT_DIR, free_port
+from service import settings
+from service.settings import OfferSettings, PartnerSettings
+from tools.processes import PROJECT_DIR, free_port
 
 BAD_OFFER_SETTINGS = [
     ("PARTNER_OFFER_URL", "not a url", "an http(s) URL"),

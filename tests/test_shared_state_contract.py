@@ -25,7 +25,7 @@ import redis
 from redis.exceptions import RedisError
 
 from circuit_breaker import AsyncCircuitBreaker, CircuitOpen
-from redis_state import (
+from service.redis_state import (
     MAX_OUTBOX,
     REDIS_TIMEOUT,
     Shared,
@@ -38,7 +38,7 @@ from tests.breakers import CHANNEL, CIRCUIT, TRIAL, eventually, shared, trip
 from tests.conftest import Fleet
 from tests.fake_clock import FakeClock
 from tests.partner_stand_ins import PartnerDown, fail, ok
-from tests.processes import PROJECT_DIR, RedisClusterServers, RedisServer, delay_proxy, free_port, wait_for
+from tools.processes import PROJECT_DIR, RedisClusterServers, RedisServer, delay_proxy, free_port, wait_for
 
 BOUND = 5.0
 
@@ -49,7 +49,7 @@ def evalsha_calls(client: redis.Redis) -> int:
 
 class Road:
     """One instance's road to Redis, which a test cuts and mends: the other instances keep
-    theirs. A bench/delay_proxy.py with no delay on a port that stays the same."""
+    theirs. A tools/delay_proxy.py with no delay on a port that stays the same."""
 
     def __init__(self, target_port: int, delay: float = 0.0) -> None:
         self.port = free_port()
@@ -59,7 +59,7 @@ class Road:
         self.process: subprocess.Popen[bytes] | None = None
 
     def mend(self) -> None:
-        script = str(PROJECT_DIR / "bench" / "delay_proxy.py")
+        script = str(PROJECT_DIR / "tools" / "delay_proxy.py")
         self.process = subprocess.Popen(
             [sys.executable, script, str(self.port), str(self.target_port), str(self.delay)]
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import RedisServer, delay_proxy, uvicorn_service, wait_for
+from tools.processes import RedisServer, delay_proxy, uvicorn_service, wait_for
 
 
 def test_sigterm_under_load_finishes_the_requests_in_flight(

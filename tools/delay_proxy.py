@@ -1,6 +1,6 @@
 """A TCP proxy that adds latency each way, to measure a Redis that is not next door.
 
-    python bench/delay_proxy.py LISTEN_PORT TARGET_PORT DELAY_SECONDS
+    python tools/delay_proxy.py LISTEN_PORT TARGET_PORT DELAY_SECONDS
 
 Every chunk is forwarded DELAY_SECONDS after it arrived, in order, so a round
 trip through the proxy takes twice the delay longer.

@@ -1,6 +1,6 @@
 """Cost per guarded async call: this project's breaker beside pybreaker and peer libraries.
 
-    python bench/micro.py [--repeats 7] [--redis-url redis://127.0.0.1:6379/15] [--no-instructions]
+    python tools/bench/micro.py [--repeats 7] [--redis-url redis://127.0.0.1:6379/15] [--no-instructions]
 
 Every breaker guards the same trivial coroutine in a closed circuit; the
 coroutine awaited bare is measured too and subtracted, so each number is what
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR.parent))
+sys.path.insert(0, str(BENCH_DIR.parents[1]))
 
 import aiobreaker
 import circuitbreaker
@@ -43,11 +43,11 @@ import purgatory
 import pybreaker
 import redis
 
-from bench.spread import Spread
 from circuit_breaker import build_breaker
-from redis_state import connect_cluster_aware
-from settings import OfferSettings
-from tests.processes import RedisServer, redis_server_binary
+from service.redis_state import connect_cluster_aware
+from service.settings import OfferSettings
+from tools.bench.spread import Spread
+from tools.processes import RedisServer, redis_server_binary
 
 GuardedCall = Callable[[], Awaitable[object]]
 BARE = "bare coroutine"

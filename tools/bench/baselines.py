@@ -26,8 +26,8 @@ import pybreaker
 from fastapi import FastAPI, Request
 
 from offer_service import cold_offer, create_app
-from partner_client import MAX_CONNECTIONS
-from settings import OfferSettings
+from service.partner_client import MAX_CONNECTIONS
+from service.settings import OfferSettings
 
 PARTNER_URL = os.environ.get("PARTNER_OFFER_URL", "http://127.0.0.1:8000") + "/offer/hot"
 TIMEOUT = float(os.environ.get("PARTNER_TIMEOUT", "2"))
@@ -50,7 +50,7 @@ def fetch_hot_offer_naively() -> str:
 @naive_app.get("/offer")
 def naive_offer() -> str:
     try:
-        return fetch_hot_offer_naively()
+        return fetch_hot_offer_naively()  # type: ignore[no-any-return]
     except Exception:
         return cold_offer()
 

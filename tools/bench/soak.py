@@ -1,6 +1,6 @@
 """Chaos soak: a sick partner and a lost Redis must never make a sick offer service.
 
-    python bench/soak.py [--seconds 60]
+    python tools/bench/soak.py [--seconds 60]
 
 Two offer-service instances share a throwaway redis-server; 50 concurrent
 clients ask them for offers while the partner cycles through healthy, 500s,
@@ -29,9 +29,9 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.processes import RedisServer, Service, free_port, redis_server_binary, uvicorn_service, wait_for
+from tools.processes import RedisServer, Service, free_port, redis_server_binary, uvicorn_service, wait_for
 
 PARTNER_TIMEOUT = 0.5
 RESET_TIMEOUT = 1.0

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import pybreaker
 
-import metrics
+from service import metrics
 
 Outcome = Literal["success", "failure", "excluded", "rejected"]
 WINDOW_SECONDS = 30

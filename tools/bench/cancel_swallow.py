@@ -1,7 +1,7 @@
 """How often a cancelled redis-py call keeps its task running: the reason redis_state.py
 awaits every round trip through `asyncio.shield`.
 
-    python bench/cancel_swallow.py [REDIS_URL]     # default redis://127.0.0.1:6379/0
+    python tools/bench/cancel_swallow.py [REDIS_URL]     # default redis://127.0.0.1:6379/0
 
 Run it with each Python (`python3.11`, `python3.12`...) to compare.
 """
@@ -31,7 +31,7 @@ async def kept_running(kind: str) -> bool:
             else:
                 ps = client.pubsub()
                 await ps.subscribe("swallow-test")
-                await ps.aclose()
+                await ps.aclose()  # type: ignore[no-untyped-call]
 
     task = asyncio.create_task(loop())
     await asyncio.sleep(random.uniform(0.001, 0.02))

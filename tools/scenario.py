@@ -1,7 +1,7 @@
 """The walkthrough, driven for you: healthy, broken, open, half-open, healed, closed.
 
-    python scenario.py          # against running services (make demo), or its own if none run
-    python scenario.py --start  # always start its own services, on free ports
+    python tools/scenario.py          # against running services (make demo), or its own if none run
+    python tools/scenario.py --start  # always start its own services, on free ports
 
 It prints one line per request (what came back, the circuit's state and
 fail counter, the latency) and a summary of what the story should show. It
@@ -16,10 +16,13 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
-from tests.processes import uvicorn_service
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools.processes import uvicorn_service
 
 DEMO_PARTNER, DEMO_OFFERS = "http://127.0.0.1:8000", "http://127.0.0.1:8001"
 OWN_RESET_TIMEOUT = "3"

@@ -22,12 +22,12 @@ from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
-import metrics
-from admin import ADMIN_RESPONSES, BODY_RESPONSES, AdminGuard
-from chaos import Chaos
-from chaos_relay import relay
 from circuit_breaker import AsyncCircuitBreaker
-from circuit_events import MAX_EVENT_STREAMS, CircuitObserver
+from service import metrics
+from service.admin import ADMIN_RESPONSES, BODY_RESPONSES, AdminGuard
+from service.chaos import Chaos
+from service.chaos_relay import relay
+from service.circuit_events import MAX_EVENT_STREAMS, CircuitObserver
 
 log = logging.getLogger("dashboard")
 

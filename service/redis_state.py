@@ -43,7 +43,7 @@ pybreaker as the state machine and changes where the state lives:
   cancelled while it awaits a reply often goes on running: in a loop of
   EVALSHAs through `register_script`, 176 of 200 cancelled tasks kept
   running on 3.11.7, and 34 of 50 around `pubsub.subscribe`; on 3.12.1 with
-  the same redis-py, none (`bench/cancel_swallow.py` measures it). The
+  the same redis-py, none (`tools/bench/cancel_swallow.py` measures it). The
   symptom is the one of redis/redis-py#2028 and #2551; the exact line in the
   client is not pinned down here. So every round trip is awaited through
   `asyncio.shield`, which delivers the caller's cancellation whatever the

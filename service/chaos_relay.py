@@ -26,7 +26,7 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 
-from partner_client import LocalResourceError, PartnerClient, PartnerFailure
+from service.partner_client import LocalResourceError, PartnerClient, PartnerFailure
 
 log = logging.getLogger("chaos_relay")
 

@@ -156,7 +156,8 @@ def copy_project(workdir: Path) -> Path:
     """The project's modules in `workdir`, for a test that edits them as a person would."""
     for source in PROJECT_DIR.glob("*.py"):
         shutil.copy(source, workdir / source.name)
-    shutil.copytree(PROJECT_DIR / "static", workdir / "static", dirs_exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(PROJECT_DIR / "service", workdir / "service", dirs_exist_ok=True, ignore=ignore)
     return workdir
 
 
@@ -309,7 +310,7 @@ class RedisClusterServers:
 
 
 def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run one of the project's scripts (`scenario.py`, `bench/run.py`...) as a user would."""
+    """Run one of the project's scripts (`tools/scenario.py`, `tools/bench/run.py`...) as a user would."""
     return subprocess.run(
         [sys.executable, *args], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout
     )
@@ -338,12 +339,12 @@ def with_open_files_limit(service: Service, limit: int) -> Service:
 
 @contextmanager
 def delay_proxy(target_port: int, delay: float) -> Iterator[str]:
-    """A Redis `delay` seconds further away each way (bench/delay_proxy.py); yields its URL."""
+    """A Redis `delay` seconds further away each way (tools/delay_proxy.py); yields its URL."""
     port = free_port()
     proxy = subprocess.Popen(
         [
             sys.executable,
-            str(PROJECT_DIR / "bench" / "delay_proxy.py"),
+            str(PROJECT_DIR / "tools" / "delay_proxy.py"),
             str(port),
             str(target_port),
             str(delay),

@@ -1,6 +1,6 @@
 """CPU per request, requests/s and latency of the offer service beside the naive pattern, peers and ceilings.
 
-    python bench/run.py [--rounds 7] [--duration 2] [--connections 50] [--only TEXT] [--smoke]
+    python tools/bench/run.py [--rounds 7] [--duration 2] [--connections 50] [--only TEXT] [--smoke]
 
 Every case runs as its own uvicorn process on a free port (one worker, no
 access log), loaded by wrk when installed, else by a small aiohttp client.
@@ -16,7 +16,7 @@ raw aiohttp proxy, with nothing changed but the other load. So:
   requests/s it would reach with a core of its own.
 - The cases of a scenario run in short rounds, interleaved (A B C A B C ...),
   and every figure is the median over the rounds with its interquartile
-  range (bench/spread.py says why not min-max).
+  range (tools/bench/spread.py says why not min-max).
   Ratios are taken round by round, each case against its baseline measured
   seconds before or after, so a slow minute slows both.
 - A target is judged only when the whole interquartile range is on one side
@@ -61,13 +61,13 @@ import httpx
 import psutil
 
 BENCH_DIR = Path(__file__).resolve().parent
-PROJECT_DIR = BENCH_DIR.parent
+PROJECT_DIR = BENCH_DIR.parents[1]
 sys.path.insert(0, str(PROJECT_DIR))
 
-from bench import micro
-from bench.load import has_wrk, run_load, run_timeline
-from bench.spread import Spread
-from tests.processes import RedisServer, Service, delay_proxy, free_port, redis_server_binary, uvicorn_service
+from tools.bench import micro
+from tools.bench.load import has_wrk, run_load, run_timeline
+from tools.bench.spread import Spread
+from tools.processes import RedisServer, Service, delay_proxy, free_port, redis_server_binary, uvicorn_service
 
 QUIET = {"LOG_LEVEL": "warning", "HTTPX_LOG_LEVEL": "warning"}
 HEALTHY, OPEN, SLOW = "healthy partner", "circuit open", "partner slow"
@@ -596,7 +596,7 @@ def results_markdown(
         ]
         parts.append(fastest_python(results, cases))
     parts += [
-        "Cost per guarded call of a trivial coroutine, closed circuit (bench/micro.py):",
+        "Cost per guarded call of a trivial coroutine, closed circuit (tools/bench/micro.py):",
         micro_table + (f"\n\n{micro_note}" if micro_note else ""),
     ]
     return "\n\n".join(parts)

@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chaos import HANG_SECONDS
+from service.chaos import HANG_SECONDS
 
 # The longest wait any setting may ask for. Past it a typo is likelier than a
 # wish, and a huge value (1e15 s) overflowed the datetime arithmetic of the

@@ -33,9 +33,9 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-import metrics
 from circuit_breaker import PartnerRejected
-from settings import OfferSettings
+from service import metrics
+from service.settings import OfferSettings
 
 log = logging.getLogger("partner_client")
 
@@ -90,7 +90,7 @@ async def http_client(settings: OfferSettings) -> AsyncIterator[httpx.AsyncClien
 
     httpx's own pool is the bottleneck under concurrency: behind 50 concurrent
     requests a shared default `AsyncClient` did a few hundred requests per
-    second where the `httpx-aiohttp` transport did thousands (see `bench/`).
+    second where the `httpx-aiohttp` transport did thousands (see `tools/bench/`).
     The transport keeps httpx's API, its logging and its exceptions. It asks
     aiohttp for the body as sent (`auto_decompress=False`); decoding it is
     `read_body`'s job, never httpx's, which would inflate a chunk whole.
