@@ -1,69 +1,98 @@
-"""The circuit breaker between the offer service and its partner.
+"""An asyncio circuit breaker on top of pybreaker. Copy this file: it needs pybreaker only.
 
-pybreaker is the state machine: closed, open, half-open, the failure counter,
+    breaker = AsyncCircuitBreaker(pybreaker.CircuitBreaker(fail_max=3, reset_timeout=15))
+
+    # One call, the outcome recorded for you:
+    offer = await breaker.call(fetch_offer)
+
+    # Or on the function, as pybreaker users write it:
+    @breaker
+    async def fetch_offer() -> str: ...
+
+    # Or in two steps, when the outcome is yours to judge:
+    permit = await breaker.admit()        # NotPermitted if the circuit says no
+    try:
+        response = await client.get(url)
+    except httpx.TransportError as exc:
+        permit.failure(exc)
+        raise
+    permit.success() if response.status_code < 500 else permit.failure(PartnerDown())
+
+Every call ends in one of five ways, and these words are used everywhere, from
+this module to the metrics and the dashboard:
+
+- **success**: the call returned; pybreaker resets its failure count.
+- **failure**: it raised; pybreaker counts it, and trips at `fail_max`.
+- **ignored**: it raised an error listed in pybreaker's `exclude` (a "no"
+  from a healthy dependency, like a 4xx); pybreaker counts it as a success.
+- **not permitted**: the circuit is open, or another call is the half-open
+  trial; nothing was attempted (`NotPermitted`).
+- **cut short**: it was attempted, and ended when the circuit opened
+  (`CutShort`); it counts neither way.
+
+pybreaker is the state machine: closed, open, half-open, the failure count,
 the reset timeout, the listeners and the storage all stay pybreaker's. What
 this module adds is what an asyncio service needs and pybreaker lacks:
 
 1. **Two steps instead of one call.** `pybreaker.CircuitBreaker.call` holds a
-   threading lock for the whole guarded call. Around an `await` that would
-   serialize every request through the breaker. Here, as in gobreaker's
-   TwoStepCircuitBreaker, `admit` decides whether a call may go ahead, the
-   call is awaited with no lock held, and the outcome is recorded afterwards.
+   threading lock for the whole guarded call; around an `await` that would
+   serialize every request. Here, as in gobreaker's two-step breaker and
+   resilience4j's `tryAcquirePermission`/`onSuccess`/`onError`, `admit`
+   decides, the call is awaited with no lock held, and the `Permit` records
+   its outcome afterwards.
 2. **Stale outcomes are ignored.** pybreaker builds a new state object on
    every transition, so the state object that admitted a call is its
    generation. A slow call that started before the circuit opened must not
-   count against the new state, so an outcome is only recorded while the
-   same state object is current.
+   count against the new state, so an outcome counts only while the same
+   generation is current.
 3. **One trial call while half-open.** pybreaker lets every concurrent caller
-   through while half-open; a partner that is just recovering would get a
-   stampede. Here one trial call is in flight at a time; the others are
-   rejected at once, as if the circuit were still open. With shared Redis
-   state (`redis_state.py`) that holds for the whole fleet.
+   through while half-open; a dependency that is just recovering would get a
+   stampede. Here one trial is in flight at a time; the others are not
+   permitted. With a `SharedState` that holds for a whole fleet.
 4. **Calls still waiting when the circuit opens are cut short.** The breaker
-   has just decided the partner is sick; those callers get the fallback now
-   instead of waiting out their timeout.
+   has just decided the dependency is sick; those callers get their fallback
+   now instead of waiting out their timeout.
 5. **One clock for the open period.** pybreaker compares `opened_at` with
-   `datetime.now()`: a wall clock that can jump, and with shared state the
-   clock of another host. Here the open period is measured on the event
-   loop's monotonic clock (injectable, so tests move time instead of waiting).
+   `datetime.now()`: a wall clock that can jump. Here the open period is
+   measured on a monotonic clock (injectable, so tests move time instead of
+   waiting).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 
 import pybreaker
-from redis.asyncio import Redis, RedisCluster
-
-from service.redis_state import SharedCircuitState
-from service.settings import OfferSettings
 
 log = logging.getLogger("circuit_breaker")
 
 T = TypeVar("T")
-
-BREAKER_NAME = "partner-offer"
-
-
-class PartnerRejected(Exception):
-    """The partner answered 4xx: a business "no", not a sick partner.
-
-    Listed in pybreaker's `exclude`, so it never counts as a failure. pybreaker
-    treats an excluded error as a success: the partner is up and answering.
-    """
+P = ParamSpec("P")
 
 
-class CircuitOpen(pybreaker.CircuitBreakerError):
-    """The call was not attempted; `reason` says why (`circuit-open`, `trial-in-flight`)."""
+class NotPermitted(pybreaker.CircuitBreakerError):
+    """The call was not attempted. `reason`: `circuit-open`, or `trial-in-flight` when
+    another call is the half-open trial."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class CutShort(pybreaker.CircuitBreakerError):
+    """The call was attempted and ended early because the circuit opened meanwhile."""
+
+    reason = "cut-short"
+
+    def __init__(self) -> None:
+        super().__init__(self.reason)
 
 
 class LogListener(pybreaker.CircuitBreakerListener):
@@ -91,60 +120,138 @@ class LogListener(pybreaker.CircuitBreakerListener):
         log.warning("%s: state changed from %s to %s", cb.name, old, new_state.name)
 
 
-@dataclass(frozen=True)
-class Ticket:
-    """Permission for one call: the generation that admitted it, and whether it is the trial.
+TrialVerdict = Literal["granted", "busy", "open", "closed"]
 
-    The generation is pybreaker's state object (a new one on every local
-    transition) and, with shared state, the fleet's version of the circuit
-    (a new one on every transition anywhere in the fleet)."""
 
-    state: pybreaker.CircuitBreakerState
+class SharedState(Protocol):
+    """A pybreaker storage shared by a fleet, and what the breaker needs of it beyond that.
+
+    `redis_state.SharedCircuitState` is one. The breaker asks it for the
+    fleet's one trial lease, forces states through it, and reads its
+    generation: a number that changes whenever the fleet's circuit does, so
+    that an outcome admitted before a change elsewhere is ignored here. It
+    calls `on_change` when it heard of a change, so that pybreaker notices
+    now rather than on the next call."""
+
     generation: int
-    is_trial: bool
+    connected: bool
+    on_change: Callable[[], object]
+
+    def seconds_until_trial(self) -> float: ...
+
+    async def acquire_trial(self) -> TrialVerdict: ...
+
+    def release_trial(self) -> None: ...
+
+    def force(self, state: str) -> None: ...
+
+
+def _two_step_call() -> None:
+    """What listeners' `before_call` is told of a call made with `admit` and a `Permit`."""
+
+
+class Permit:
+    """Permission for one call. Report its outcome once: `success()`, `failure(exc)`, or
+    `release()` when it ended without one (cancelled, or the caller's own trouble). A
+    second report is ignored, and so is one that arrives after the circuit moved on."""
+
+    __slots__ = ("_breaker", "_ended", "_state", "generation", "is_trial")
+
+    def __init__(
+        self,
+        breaker: AsyncCircuitBreaker,
+        state: pybreaker.CircuitBreakerState,
+        generation: int,
+        is_trial: bool,
+    ) -> None:
+        self._breaker = breaker
+        self._state = state
+        self.generation = generation
+        self.is_trial = is_trial
+        self._ended = False
+
+    def success(self) -> None:
+        self._end(None)
+
+    def failure(self, error: BaseException) -> None:
+        """Counts as a failure, or as ignored if `error` is in pybreaker's `exclude`."""
+        self._end(error)
+
+    def release(self) -> None:
+        """No outcome: a trial hands its place (and the fleet's lease) to the next caller."""
+        if not self._ended:
+            self._ended = True
+            self._breaker._free_trial(self, hand_back=True)
+
+    def _end(self, error: BaseException | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        breaker = self._breaker
+        try:
+            if not breaker._is_current(self._state, self.generation):
+                log.debug("%s: ignoring an outcome from an earlier state", breaker.name)
+            elif error is None:
+                _count_success(self._state)
+            else:
+                _count_failure(self._state, error)
+        finally:
+            breaker._free_trial(self, hand_back=False)
 
 
 class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
-    """Guards coroutine calls with a `pybreaker.CircuitBreaker`.
+    """Guards coroutine calls with a `pybreaker.CircuitBreaker` (`state_machine`).
 
     The bookkeeping before and after a call is synchronous, takes a few
-    microseconds and reads only memory (the shared Redis state keeps a local
-    view), so it runs on the event loop and needs no lock. The one exception
-    is a half-open trial with shared state: the fleet's lease costs one Redis
-    round trip, once per reset timeout.
-
-    When the circuit opens, calls still waiting on the partner are cut short
-    (`CircuitOpen("circuit-opened")`): the breaker has just decided the
-    partner is sick, and waiting out their timeouts would keep those callers
-    slow for up to another `PARTNER_TIMEOUT` for nothing.
+    microseconds and reads only memory (a shared state keeps a local view),
+    so it runs on the event loop and needs no lock. The one exception is a
+    half-open trial with shared state: the fleet's lease costs one round
+    trip, once per reset timeout.
     """
 
     def __init__(
         self,
-        breaker: pybreaker.CircuitBreaker,
-        shared: SharedCircuitState | None = None,
+        state_machine: pybreaker.CircuitBreaker,
+        shared: SharedState | None = None,
         not_counted: tuple[type[BaseException], ...] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`not_counted`: errors that say nothing about the partner (this process's own
-        trouble): the call's permit is handed back, neither success nor failure is recorded."""
-        self.breaker = breaker
+        """`shared`: the storage `state_machine` was built with, when it is shared by a fleet.
+        `not_counted`: errors that say nothing about the dependency (this process's own
+        trouble): `call` releases their permit, recording neither success nor failure."""
+        self.state_machine = state_machine
         self.shared = shared
         self._not_counted = not_counted
         self._clock = clock
         self._opened_clock: float | None = None
-        self._forced = 0  # an operator's close of a closed circuit starts a generation too
+        self._resets = 0  # a reset of a closed circuit starts a generation too
         self._trial_in_flight = False
         self._waiting: set[asyncio.Timeout] = set()
-        breaker.add_listener(self)
+        state_machine.add_listener(self)
         if shared is not None:
             # Heard from the fleet: let pybreaker notice now (listeners, cut-short calls),
-            # not on this process's next request.
-            shared.on_change = lambda: self.breaker.state
+            # not on this process's next call.
+            shared.on_change = lambda: self.state_machine.state
+
+    # The two steps.
+
+    async def admit(self, func: Callable[..., Any] = _two_step_call) -> Permit:
+        """A permit for one call, or `NotPermitted`. `func` is only for listeners' `before_call`."""
+        machine = self.state_machine
+        state: pybreaker.CircuitBreakerState = machine.state
+        if state.name == pybreaker.STATE_OPEN and self.seconds_until_trial() > 0:
+            raise NotPermitted("circuit-open")
+        is_trial = state.name != pybreaker.STATE_CLOSED
+        if is_trial:
+            state = await self._begin_trial()
+            is_trial = state.name == pybreaker.STATE_HALF_OPEN
+        for listener in machine.listeners:
+            listener.before_call(machine, func)
+        return Permit(self, state, self._generation(), is_trial)
 
     async def call(self, func: Callable[[], Awaitable[T]]) -> T:
-        """Await `func()` if the circuit allows it; raise `CircuitOpen` if not."""
-        ticket = await self._admit(func)
+        """Await `func()` if the circuit permits it, and record how it ended."""
+        permit = await self.admit(func)
         waiting = asyncio.timeout(None)  # no deadline of its own: `state_change` may set one
         try:
             async with waiting:
@@ -155,21 +262,113 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
                     self._waiting.discard(waiting)
         except TimeoutError as exc:
             if not waiting.expired():
-                self._record(ticket, exc)
+                permit.failure(exc)
                 raise
-            self._release(ticket)
-            raise CircuitOpen("circuit-opened") from None
+            permit.release()
+            raise CutShort() from None
         except self._not_counted:
-            self._release(ticket, hand_back=True)
+            permit.release()
             raise
         except Exception as exc:
-            self._record(ticket, exc)
+            permit.failure(exc)
             raise
         except BaseException:  # cancelled: no outcome to record, but free the trial
-            self._release(ticket, hand_back=True)
+            permit.release()
             raise
-        self._record(ticket, None)
+        permit.success()
         return result
+
+    def __call__(self, func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        """`@breaker` on an `async def`: every call of it goes through `call`."""
+
+        @functools.wraps(func)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await self.call(functools.partial(func, *args, **kwargs))
+
+        return guarded
+
+    # An operator's hand on the circuit: for the whole fleet with shared state.
+
+    def trip(self) -> None:
+        """Open now, as `fail_max` failures would: a trial follows after the reset timeout.
+        Tripping an open circuit records no transition."""
+        if self.state_machine.state.name != pybreaker.STATE_OPEN:
+            self.state_machine.open()
+        if self.shared:
+            self.shared.force(pybreaker.STATE_OPEN)
+
+    def reset(self) -> None:
+        """Close now with a failure count of zero; calls admitted before count for nothing."""
+        if self.state_machine.state.name != pybreaker.STATE_CLOSED:
+            self.state_machine.close()
+        else:
+            self._resets += 1
+            _storage(self.state_machine).reset_counter()
+        if self.shared:
+            self.shared.force(pybreaker.STATE_CLOSED)
+
+    # What the circuit looks like.
+
+    @property
+    def name(self) -> str | None:
+        return self.state_machine.name
+
+    @property
+    def state(self) -> str:
+        """`closed`, `open` or `half-open`, refreshed from the storage as pybreaker does."""
+        return self.state_machine.state.name
+
+    @property
+    def state_name(self) -> str:
+        """The state as this process last saw it, without asking the storage."""
+        return _state_object(self.state_machine).name
+
+    @property
+    def fail_counter(self) -> int:
+        return self.state_machine.fail_counter
+
+    @property
+    def opened_at(self) -> datetime | None:
+        """When the circuit opened, on this host's wall clock, while it is open: for display
+        only. (pybreaker's memory storage keeps the last time after the circuit closes.)"""
+        if self.state_name != pybreaker.STATE_OPEN:
+            return None
+        return _storage(self.state_machine).opened_at
+
+    @property
+    def trial_in_flight(self) -> bool:
+        return self._trial_in_flight
+
+    def seconds_until_trial(self) -> float:
+        if self.shared is not None:
+            return self.shared.seconds_until_trial()
+        if self._opened_clock is None:
+            return 0.0
+        return max(0.0, self._opened_clock + self.state_machine.reset_timeout - self._clock())
+
+    def add_listener(self, listener: pybreaker.CircuitBreakerListener) -> None:
+        self.state_machine.add_listener(listener)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything above in one dict, for a status page."""
+        state = self.state
+        opened_at = self.opened_at
+        return {
+            "name": self.name,
+            "current_state": state,
+            "fail_counter": self.fail_counter,
+            "fail_max": self.state_machine.fail_max,
+            "reset_timeout": self.state_machine.reset_timeout,
+            "opened_at": opened_at.isoformat() if opened_at else None,
+            "seconds_until_trial": round(self.seconds_until_trial(), 3)
+            if state == pybreaker.STATE_OPEN
+            else None,
+            "trial_in_flight": self._trial_in_flight,
+            "storage": _storage(self.state_machine).name,
+            "degraded": self.shared is not None and not self.shared.connected,
+        }
+
+    # pybreaker's listener hook.
 
     def state_change(
         self,
@@ -177,8 +376,8 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         old_state: pybreaker.CircuitBreakerState | None,
         new_state: pybreaker.CircuitBreakerState,
     ) -> None:
-        """pybreaker's listener hook: when the circuit opens, here or elsewhere in the
-        fleet, end every call still waiting on the partner now."""
+        """When the circuit opens, here or elsewhere in the fleet, cut short every call
+        still waiting."""
         if new_state.name != pybreaker.STATE_OPEN:
             return
         self._opened_clock = self._clock()
@@ -188,31 +387,12 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
                 if not waiting.expired():  # one already ending cannot be rescheduled
                     waiting.reschedule(now)
 
-    @property
-    def state_name(self) -> str:
-        """The state as this process last saw it, without refreshing it."""
-        return self.breaker._state.name
-
-    async def _admit(self, func: Callable[..., Any]) -> Ticket:
-        state: pybreaker.CircuitBreakerState = self.breaker.state
-        if state.name == pybreaker.STATE_OPEN and self.seconds_until_trial() > 0:
-            raise CircuitOpen("circuit-open")
-        is_trial = state.name != pybreaker.STATE_CLOSED
-        if is_trial:
-            state = await self._begin_trial()
-            is_trial = state.name == pybreaker.STATE_HALF_OPEN
-        for listener in self.breaker.listeners:
-            listener.before_call(self.breaker, func)
-        return Ticket(state, self._generation(), is_trial)
-
-    def _generation(self) -> int:
-        # Both counters only grow, so their sum changes whenever either does.
-        return self._forced + (self.shared.generation if self.shared else 0)
+    # The half-open trial and the generation.
 
     async def _begin_trial(self) -> pybreaker.CircuitBreakerState:
         """Claim the one trial call: this process's, then (shared state) the fleet's."""
         if self._trial_in_flight:
-            raise CircuitOpen("trial-in-flight")
+            raise NotPermitted("trial-in-flight")
         self._trial_in_flight = True  # claimed before the await, so no other caller slips in
         try:
             # A caller cancelled while asking Redis gets its CancelledError here,
@@ -224,111 +404,50 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         if verdict != "granted":
             self._trial_in_flight = False
             if verdict != "closed":
-                raise CircuitOpen("circuit-open" if verdict == "open" else "trial-in-flight")
-        elif self.breaker.state.name == pybreaker.STATE_OPEN:
-            self.breaker.half_open()
-        return self.breaker.state
+                raise NotPermitted("circuit-open" if verdict == "open" else "trial-in-flight")
+        elif self.state_machine.state.name == pybreaker.STATE_OPEN:
+            self.state_machine.half_open()
+        return self.state_machine.state
 
-    def _record(self, ticket: Ticket, error: Exception | None) -> None:
-        try:
-            if self.breaker.state is not ticket.state or self._generation() != ticket.generation:
-                log.debug("%s: ignoring an outcome from an earlier state", self.breaker.name)
-            elif error is None:
-                ticket.state._handle_success()
-            else:
-                # pybreaker's own per-state handler, the one its `call` uses;
-                # it raises CircuitBreakerError when this failure trips the circuit.
-                ticket.state._handle_error(error, reraise=False)
-        except pybreaker.CircuitBreakerError:
-            pass
-        finally:
-            self._release(ticket)
-
-    def _release(self, ticket: Ticket, hand_back: bool = False) -> None:
-        """Free the trial. `hand_back`: it ended without an outcome (cancelled, or this
-        process's own trouble), so the fleet's lease goes back and another caller may try."""
-        if ticket.is_trial:
+    def _free_trial(self, permit: Permit, hand_back: bool) -> None:
+        """`hand_back`: the trial ended without an outcome, so the fleet's lease goes back
+        and another caller may try at once."""
+        if permit.is_trial:
             self._trial_in_flight = False
             if hand_back and self.shared:
                 self.shared.release_trial()
 
-    def seconds_until_trial(self) -> float:
-        if self.shared is not None:
-            return self.shared.seconds_until_trial()
-        if self._opened_clock is None:
-            return 0.0
-        return max(0.0, self._opened_clock + self.breaker.reset_timeout - self._clock())
+    def _generation(self) -> int:
+        # Both counters only grow, so their sum changes whenever either does.
+        return self._resets + (self.shared.generation if self.shared else 0)
 
-    # An operator's hand on the circuit: for the whole fleet with shared state.
-
-    def force_open(self) -> None:
-        """Open now. Forcing a state the circuit is already in records no transition."""
-        if self.breaker.state.name != pybreaker.STATE_OPEN:
-            self.breaker.open()
-        if self.shared:
-            self.shared.force(pybreaker.STATE_OPEN)
-
-    def force_close(self) -> None:
-        """Close now, fail counter at zero; outcomes of calls admitted before count for nothing."""
-        if self.breaker.state.name != pybreaker.STATE_CLOSED:
-            self.breaker.close()
-        else:
-            self._forced += 1
-            self.breaker._state_storage.reset_counter()
-        if self.shared:
-            self.shared.force(pybreaker.STATE_CLOSED)
-
-    def snapshot(self) -> dict[str, Any]:
-        """The circuit as `/offer/circuit` shows it."""
-        state = self.breaker.state.name
-        opened_at = self.breaker._state_storage.opened_at
-        return {
-            "name": self.breaker.name,
-            "current_state": state,
-            "fail_counter": self.breaker.fail_counter,
-            "fail_max": self.breaker.fail_max,
-            "reset_timeout": self.breaker.reset_timeout,
-            "opened_at": opened_at.isoformat() if opened_at else None,
-            "seconds_until_trial": round(self.seconds_until_trial(), 3)
-            if state == pybreaker.STATE_OPEN
-            else None,
-            "trial_in_flight": self._trial_in_flight,
-            "storage": self.breaker._state_storage.name,
-            "degraded": self.shared is not None and not self.shared.connected,
-        }
+    def _is_current(self, state: pybreaker.CircuitBreakerState, generation: int) -> bool:
+        return self.state_machine.state is state and self._generation() == generation
 
 
-def build_breaker(
-    settings: OfferSettings,
-    redis_client: Redis | RedisCluster | None = None,
-    not_counted: tuple[type[BaseException], ...] = (),
-    clock: Callable[[], float] = time.monotonic,
-) -> AsyncCircuitBreaker:
-    """The breaker of the walkthrough: fail_max=3, reset_timeout=15 unless configured.
+# pybreaker's private names, each used here only. Checked against pybreaker 1.4.1;
+# tests/test_pybreaker_private.py fails if a release renames or changes them.
 
-    State lives in memory, per process, unless a Redis client is given: then
-    in Redis, shared by every process that uses it (`redis_state.py`); call
-    `await breaker.shared.start()` before serving.
-    """
-    shared = None
-    storage: pybreaker.CircuitBreakerStorage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
-    if redis_client is not None:
-        # The trial's lease outlives the longest trial call, and expires if its holder dies.
-        lease = settings.partner_timeout + 1
-        storage = shared = SharedCircuitState(
-            redis_client,
-            BREAKER_NAME,
-            settings.circuit_fail_max,
-            settings.circuit_reset_timeout,
-            lease,
-            clock,
-        )
-    breaker = pybreaker.CircuitBreaker(
-        fail_max=settings.circuit_fail_max,
-        reset_timeout=settings.circuit_reset_timeout,
-        exclude=[PartnerRejected],
-        listeners=[LogListener()],
-        state_storage=storage,
-        name=BREAKER_NAME,
-    )
-    return AsyncCircuitBreaker(breaker, shared, not_counted, clock)
+
+def _state_object(machine: pybreaker.CircuitBreaker) -> pybreaker.CircuitBreakerState:
+    """The current state object without `machine.state`'s refresh from the storage."""
+    return machine._state
+
+
+def _storage(machine: pybreaker.CircuitBreaker) -> pybreaker.CircuitBreakerStorage:
+    """The storage `machine` was built with; pybreaker has no public accessor."""
+    return machine._state_storage
+
+
+def _count_success(state: pybreaker.CircuitBreakerState) -> None:
+    """pybreaker's own per-state success handling, the one its `call` uses: resets the
+    count, and in half-open counts towards `success_threshold` and closes."""
+    state._handle_success()
+
+
+def _count_failure(state: pybreaker.CircuitBreakerState, error: BaseException) -> None:
+    """pybreaker's own per-state error handling: an excluded error counts as a success,
+    any other as a failure, which may trip the circuit (the `CircuitBreakerError` pybreaker
+    raises then is for its own `call`, not ours)."""
+    with contextlib.suppress(pybreaker.CircuitBreakerError):
+        state._handle_error(error, reraise=False)

@@ -14,27 +14,29 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
+import pybreaker
 import redis
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
+from redis.asyncio import Redis, RedisCluster
 
-from circuit_breaker import BREAKER_NAME, AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
-from service import http_limits, method_not_allowed
+from circuit_breaker import AsyncCircuitBreaker, CutShort, LogListener, NotPermitted
+from service import circuit_routes, dashboard, http_limits, method_not_allowed
 from service import settings as settings_module
 from service.admin import AdminGuard
 from service.circuit_events import CircuitObserver, Outcome
-from service.dashboard import STATIC_DIR, build_router
 from service.partner_client import (
     HttpClientFactory,
     LocalResourceError,
     PartnerClient,
+    PartnerDeclined,
     PartnerFailure,
     http_client,
 )
@@ -43,22 +45,130 @@ from service.settings import OfferSettings
 
 log = logging.getLogger("offer_service")
 
+# The breaker's name: in logs and metrics, and the prefix of its keys in Redis.
+BREAKER_NAME = "partner-offer"
+
+OFFER_HEADERS = {
+    "X-Offer-Source": {"description": "`partner` or `fallback`", "schema": {"type": "string"}},
+    "X-Call-Outcome": {
+        "description": "success, failure, ignored, not-permitted, cut-short or released",
+        "schema": {"type": "string"},
+    },
+    "X-Fallback-Reason": {"description": "why the fallback was served", "schema": {"type": "string"}},
+    "X-Circuit-State": {"description": "closed, open or half-open", "schema": {"type": "string"}},
+}
+
+router = APIRouter()
+
+
+@router.get(
+    "/offer",
+    response_model=str,
+    summary="A hot offer from the partner, or a cold fallback",
+    responses={200: {"headers": OFFER_HEADERS}},
+)
+async def offer(request: Request) -> Response:
+    """The partner's hot offer through the breaker; on any other outcome, a cold one."""
+    state = request.app.state
+    breaker: AsyncCircuitBreaker = state.breaker
+    outcome: Outcome
+    try:
+        hot = await breaker.call(state.partner.fetch_hot_offer)
+    except NotPermitted as exc:
+        reason, outcome = exc.reason, "not-permitted"
+    except CutShort as exc:
+        reason, outcome = exc.reason, "cut-short"
+    except PartnerFailure as exc:
+        reason, outcome = exc.reason, "failure"
+    except PartnerDeclined as exc:
+        reason, outcome = str(exc), "ignored"
+    except LocalResourceError as exc:
+        # This process is out of descriptors or connections: the partner was
+        # not asked, so the permit went back and it is nobody's failure.
+        reason, outcome = exc.reason, "released"
+    else:
+        state.observer.served("success")
+        return offer_response(hot, {"X-Offer-Source": "partner", "X-Call-Outcome": "success"}, breaker)
+    state.observer.served(outcome, reason)
+    headers = {"X-Offer-Source": "fallback", "X-Call-Outcome": outcome, "X-Fallback-Reason": reason}
+    return offer_response(cold_offer(), headers, breaker)
+
 
 def cold_offer() -> str:
     return f"Cold offer fallback {datetime.now():%M:%S}"
 
 
-def _offer_response(offer: str, headers: dict[str, str]) -> Response:
+def offer_response(offer: str, headers: dict[str, str], breaker: AsyncCircuitBreaker) -> Response:
     # Built by hand rather than through a response model: this is the hot
     # path, and the body is one JSON string.
+    headers["X-Circuit-State"] = breaker.state_name
     return Response(json.dumps(offer), media_type="application/json", headers=headers)
 
 
-OFFER_HEADERS = {
-    "X-Offer-Source": {"description": "`partner` or `fallback`", "schema": {"type": "string"}},
-    "X-Fallback-Reason": {"description": "why the fallback was served", "schema": {"type": "string"}},
-    "X-Circuit-State": {"description": "closed, open or half-open", "schema": {"type": "string"}},
-}
+def build_breaker(
+    settings: OfferSettings,
+    redis_client: Redis | RedisCluster | None = None,
+    not_counted: tuple[type[BaseException], ...] = (),
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncCircuitBreaker:
+    """The breaker of the walkthrough: fail_max=3, reset_timeout=15 unless configured.
+
+    State lives in memory, per process, unless a Redis client is given: then
+    in Redis, shared by every process that uses it (`service/redis_state.py`);
+    call `await breaker.shared.start()` before serving.
+    """
+    shared = None
+    storage: pybreaker.CircuitBreakerStorage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+    if redis_client is not None:
+        # The trial's lease outlives the longest trial call, and expires if its holder dies.
+        lease = settings.partner_timeout + 1
+        storage = shared = SharedCircuitState(
+            redis_client,
+            BREAKER_NAME,
+            settings.circuit_fail_max,
+            settings.circuit_reset_timeout,
+            lease,
+            clock,
+        )
+    state_machine = pybreaker.CircuitBreaker(
+        fail_max=settings.circuit_fail_max,
+        reset_timeout=settings.circuit_reset_timeout,
+        exclude=[PartnerDeclined],
+        listeners=[LogListener()],
+        state_storage=storage,
+        name=BREAKER_NAME,
+    )
+    return AsyncCircuitBreaker(state_machine, shared, not_counted, clock)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Owns what the routes share: the breaker, its Redis connections, the HTTP client."""
+    settings: OfferSettings = app.state.settings
+    settings_module.configure_logging(settings.log_level, settings.httpx_log_level)
+    redis_client = None
+    if settings.redis_url:
+        try:
+            redis_client = await connect_cluster_aware(settings.redis_url)
+        except (redis.RedisError, OSError) as exc:
+            raise settings_module.SettingsError(redis_error_line(settings.redis_url, exc)) from None
+    breaker = app.state.breaker = build_breaker(settings, redis_client, not_counted=(LocalResourceError,))
+    shared = breaker.shared if isinstance(breaker.shared, SharedCircuitState) else None
+    app.state.observer = CircuitObserver(BREAKER_NAME)
+    breaker.add_listener(app.state.observer)
+    if shared:
+        await shared.start()
+    try:
+        async with app.state.client_factory(settings) as client:
+            app.state.http_client = client
+            app.state.partner = PartnerClient(client, settings.partner_timeout)
+            yield
+    finally:
+        # Bounded (redis_state.STOP_TIMEOUT) whatever the Redis client does with
+        # the cancellation of its tasks: SIGTERM always ends the process.
+        if shared:
+            await shared.stop()
+    log.info("shutdown: the partner client and the Redis connections are closed")
 
 
 def create_app(
@@ -66,33 +176,6 @@ def create_app(
 ) -> FastAPI:
     """The offer service; `client_factory` swaps the HTTP client, as `tools/bench/` does to compare them."""
     settings = settings or settings_module.load(OfferSettings)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings_module.configure_logging(settings.log_level, settings.httpx_log_level)
-        redis_client = None
-        if settings.redis_url:
-            try:
-                redis_client = await connect_cluster_aware(settings.redis_url)
-            except (redis.RedisError, OSError) as exc:
-                raise settings_module.SettingsError(redis_error_line(settings.redis_url, exc)) from None
-        breaker = app.state.breaker = build_breaker(settings, redis_client, not_counted=(LocalResourceError,))
-        observer = app.state.observer = CircuitObserver(BREAKER_NAME)
-        breaker.breaker.add_listener(observer)
-        if breaker.shared:
-            await breaker.shared.start()
-        try:
-            async with client_factory(settings) as client:
-                app.state.http_client = client
-                app.state.partner = PartnerClient(client, settings.partner_timeout)
-                yield
-        finally:
-            # Bounded (redis_state.STOP_TIMEOUT) whatever the Redis client does with
-            # the cancellation of its tasks: SIGTERM always ends the process.
-            if breaker.shared:
-                await breaker.shared.stop()
-        log.info("shutdown: the partner client and the Redis connections are closed")
-
     app = FastAPI(
         title="Offer service",
         description="Hot offers from the partner through a circuit breaker, cold ones when it is open.",
@@ -105,64 +188,17 @@ def create_app(
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.client_factory = client_factory
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    app.state.admin_guard = AdminGuard(token)
     app.add_middleware(settings_module.OneLineStartupErrors)
     method_not_allowed.install(app)
-    # The routes read the breaker and the client from `request.app.state`
-    # (set by the lifespan) rather than through `Depends`: resolving
-    # dependencies was about a tenth of the CPU of an open-circuit request.
-
-    @app.get(
-        "/offer",
-        response_model=str,
-        summary="A hot offer from the partner, or a cold fallback",
-        responses={200: {"headers": OFFER_HEADERS}},
-    )
-    async def offer(request: Request) -> Response:
-        state = request.app.state
-        breaker: AsyncCircuitBreaker = state.breaker
-        observer: CircuitObserver = state.observer
-        outcome: Outcome
-        try:
-            hot = await breaker.call(state.partner.fetch_hot_offer)
-        except CircuitOpen as exc:
-            reason, outcome = exc.reason, "rejected"
-        except PartnerFailure as exc:
-            reason, outcome = exc.reason, "failure"
-        except PartnerRejected as exc:
-            reason, outcome = str(exc), "excluded"
-        except LocalResourceError as exc:
-            # This process is out of descriptors or connections: the partner was
-            # not asked, so for the counts, as for the breaker, it is not its failure.
-            reason, outcome = exc.reason, "rejected"
-        else:
-            observer.served("success")
-            return _offer_response(hot, {"X-Offer-Source": "partner", "X-Circuit-State": breaker.state_name})
-        observer.served(outcome, reason)
-        return _offer_response(
-            cold_offer(),
-            {
-                "X-Offer-Source": "fallback",
-                "X-Fallback-Reason": reason,
-                "X-Circuit-State": breaker.state_name,
-            },
-        )
-
-    @app.get("/offer/circuit", summary="The circuit breaker's state")
-    async def circuit(request: Request) -> dict[str, Any]:
-        return request.app.state.breaker.snapshot()  # type: ignore[no-any-return]
-
-    @app.get("/health", summary="Liveness, and whether the shared state is reachable")
-    async def health(request: Request) -> dict[str, str]:
-        shared: SharedCircuitState | None = request.app.state.breaker.shared
-        if shared is None:
-            return {"status": "ok", "storage": "memory"}
-        return {"status": "ok" if shared.connected else "degraded", "storage": "redis"}
-
-    # Registered after /offer: Starlette tries routes in order, and the hot path
-    # should not pay for matching a dozen dashboard routes first.
-    token = settings.admin_token.get_secret_value() if settings.admin_token else None
-    app.include_router(build_router(AdminGuard(token)))
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # /offer first: Starlette tries routes in order, and the hot path should
+    # not pay for matching a dozen others first.
+    app.include_router(router)
+    app.include_router(circuit_routes.router)
+    app.include_router(dashboard.router)
+    app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
     return app
 
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from service import http_limits, method_not_allowed
 from service import settings as settings_module
-from service.admin import ADMIN_RESPONSES, BODY_RESPONSES, AdminGuard
+from service.admin import ADMIN_RESPONSES, BODY_RESPONSES, AdminGuard, AdminRoute
 from service.chaos import HANG_SECONDS, Chaos
 from service.settings import PartnerSettings
 
@@ -63,9 +63,9 @@ app = FastAPI(
     redoc_url=None,
 )
 method_not_allowed.install(app)
-admin = AdminGuard(settings.admin_token.get_secret_value() if settings.admin_token else None)
+app.state.admin_guard = AdminGuard(settings.admin_token.get_secret_value() if settings.admin_token else None)
 # The admin routes: the guard runs before their body is read.
-admin_routes = APIRouter(route_class=admin.route_class, responses=ADMIN_RESPONSES)
+admin_routes = APIRouter(route_class=AdminRoute, responses=ADMIN_RESPONSES)
 
 
 def status_code_now(chaos: Chaos) -> int:

@@ -16,7 +16,7 @@ accepted only when every fact about the request says "this machine":
 A demo on a laptop needs no token; nothing on another host, nor a web page
 in the laptop's browser, can change state unauthenticated.
 
-The check runs before the body is read (`admin_route`): an unauthenticated
+The check runs before the body is read (`AdminRoute`): an unauthenticated
 request is refused without its body costing anything.
 """
 
@@ -104,20 +104,17 @@ class AdminGuard:
             self._loopback_only[port] = bool(addresses) and all(map(is_loopback, addresses))
         return self._loopback_only[port]
 
-    @property
-    def route_class(self) -> type[APIRoute]:
-        """An `APIRoute` that runs this check before FastAPI reads and parses the body:
-        `APIRouter(route_class=guard.route_class)` for the admin routes."""
-        guard = self
 
-        class AdminRoute(APIRoute):
-            def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-                handler = super().get_route_handler()
+class AdminRoute(APIRoute):
+    """An `APIRoute` that runs the app's `AdminGuard` (`app.state.admin_guard`) before
+    FastAPI reads and parses the body: `APIRouter(route_class=AdminRoute)` for admin routes."""
 
-                async def guarded(request: Request) -> Response:
-                    await guard(request)
-                    return await handler(request)
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
 
-                return guarded
+        async def guarded(request: Request) -> Response:
+            guard: AdminGuard = request.app.state.admin_guard
+            await guard(request)
+            return await handler(request)
 
-        return AdminRoute
+        return guarded

@@ -22,7 +22,10 @@ import pybreaker
 
 from service import metrics
 
-Outcome = Literal["success", "failure", "excluded", "rejected"]
+# How a call ended, in circuit_breaker.py's words; `released`: the permit was handed
+# back because this process could not make the call (partner_client.LocalResourceError).
+Outcome = Literal["success", "failure", "ignored", "not-permitted", "cut-short", "released"]
+OUTCOMES: tuple[Outcome, ...] = ("success", "failure", "ignored", "not-permitted", "cut-short", "released")
 WINDOW_SECONDS = 30
 SNAPSHOT_INTERVAL = 0.25
 # Each stream costs a snapshot four times a second: 1,500 readers took /offer's
@@ -34,12 +37,10 @@ class CircuitObserver(pybreaker.CircuitBreakerListener):
     def __init__(self, breaker_name: str) -> None:
         self._name = breaker_name
         self.transitions: deque[dict[str, str | None]] = deque(maxlen=50)
-        self._per_second: deque[list[int]] = deque()  # [second, hot, cold, rejected]
+        self._per_second: deque[list[int]] = deque()  # [second, hot, cold, not permitted]
         self._subscribers: set[asyncio.Queue[dict[str, str | None]]] = set()
         # Label lookups take a lock and build a tuple: done once, not per request.
-        self._calls = {
-            o: metrics.CALLS.labels(breaker_name, o) for o in ("success", "failure", "excluded", "rejected")
-        }
+        self._calls = {o: metrics.CALLS.labels(breaker_name, o) for o in OUTCOMES}
         self._fallbacks: dict[str, Any] = {}
         metrics.CIRCUIT_STATE.labels(breaker_name).set(0)
 
@@ -59,7 +60,8 @@ class CircuitObserver(pybreaker.CircuitBreakerListener):
                 queue.put_nowait(transition)
 
     def served(self, outcome: Outcome, reason: str | None = None) -> None:
-        """Count one `/offer` answer: hot (success), cold (failure, excluded) or rejected."""
+        """Count one `/offer` answer: hot (success); cold after a failure, an ignored error, a
+        cut-short call or a released permit; or cold because the call was not permitted."""
         self._calls[outcome].inc()
         if reason:
             label = metrics.reason_label(reason)
@@ -67,7 +69,7 @@ class CircuitObserver(pybreaker.CircuitBreakerListener):
                 label, metrics.FALLBACKS.labels(label)
             )
             fallbacks.inc()
-        column = 1 if outcome == "success" else 3 if outcome == "rejected" else 2
+        column = 1 if outcome == "success" else 3 if outcome == "not-permitted" else 2
         second = int(time.time())
         if not self._per_second or self._per_second[-1][0] != second:
             self._per_second.append([second, 0, 0, 0])
@@ -76,11 +78,11 @@ class CircuitObserver(pybreaker.CircuitBreakerListener):
         self._per_second[-1][column] += 1
 
     def recent(self) -> list[dict[str, int]]:
-        """Hot, cold and rejected answers per second over the last 30 s, oldest first."""
+        """Hot, cold and not-permitted answers per second over the last 30 s, oldest first."""
         since = int(time.time()) - WINDOW_SECONDS
         return [
-            {"t": s, "hot": hot, "cold": cold, "rejected": rejected}
-            for s, hot, cold, rejected in self._per_second
+            {"t": s, "hot": hot, "cold": cold, "not_permitted": not_permitted}
+            for s, hot, cold, not_permitted in self._per_second
             if s > since
         ]
 

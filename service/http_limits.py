@@ -39,7 +39,7 @@ MAX_HEADER_BYTES = 16 * 1024
 REQUEST_READ_TIMEOUT = 5.0
 # uvicorn's default, said here so that it is a decision and not an accident.
 KEEP_ALIVE_TIMEOUT = 5
-PROTOCOL = "http_limits:BoundedHttpToolsProtocol"
+PROTOCOL = "service.http_limits:BoundedHttpToolsProtocol"
 UVICORN_FLAGS = f"--http {PROTOCOL} --timeout-keep-alive {KEEP_ALIVE_TIMEOUT}"
 
 

@@ -30,7 +30,10 @@ CIRCUIT_STATE = Gauge(
 )
 CALLS = Counter(
     "circuit_breaker_calls",
-    "Calls through the breaker by outcome: success, failure, excluded (a 4xx), rejected (not attempted)",
+    (
+        "Calls through the breaker by outcome: success, failure, ignored (a 4xx), not-permitted "
+        "(not attempted), cut-short (attempted, ended when the circuit opened), released (not made)"
+    ),
     ["breaker", "outcome"],
 )
 TRANSITIONS = Counter(

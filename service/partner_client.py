@@ -2,12 +2,12 @@
 
 What a partner call can raise, at a glance:
 
-    PartnerFailure        the partner looks sick: counted by the breaker
-    PartnerRejected       a 4xx, a business "no" from a healthy partner:
-                          excluded by the breaker (`circuit_breaker.py`)
+    PartnerFailure        the partner looks sick: a failure for the breaker
+    PartnerDeclined       a 4xx, a business "no" from a healthy partner:
+                          ignored by the breaker (pybreaker's `exclude`)
     LocalResourceError    this process could not make the call (no file
                           descriptor, no free connection): says nothing
-                          about the partner, so the breaker does not count it
+                          about the partner, so its permit is released
 
 A failure is anything that says the partner is sick: a 5xx, a 429, a
 timeout, a refused or dropped connection, a body we cannot read (empty, not
@@ -33,7 +33,6 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from circuit_breaker import PartnerRejected
 from service import metrics
 from service.settings import OfferSettings
 
@@ -67,6 +66,14 @@ class PartnerFailure(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+
+
+class PartnerDeclined(Exception):
+    """The partner answered 4xx: a business "no", not a sick partner.
+
+    Listed in pybreaker's `exclude`, so the breaker ignores it. pybreaker
+    counts an excluded error as a success: the partner is up and answering.
+    """
 
 
 class LocalResourceError(Exception):
@@ -132,7 +139,7 @@ class PartnerClient:
         status = response.status_code
         # 429 is a partner asking for relief, which is what an open circuit gives it.
         if 400 <= status < 500 and status != 429:
-            raise PartnerRejected(f"partner-status-{status}")
+            raise PartnerDeclined(f"partner-status-{status}")
         if status != 200:
             raise PartnerFailure(f"partner-status-{status}")
         content_type = response.headers.get("content-type", "text/plain")

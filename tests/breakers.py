@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from circuit_breaker import AsyncCircuitBreaker, CircuitOpen
+from circuit_breaker import AsyncCircuitBreaker, CutShort, NotPermitted
 from service.redis_state import SharedCircuitState
 from tests.partner_stand_ins import PartnerDown, fail
 
@@ -28,8 +28,8 @@ def shared(breaker: AsyncCircuitBreaker) -> SharedCircuitState:
 async def trip(breaker: AsyncCircuitBreaker, alone: bool = False) -> None:
     """Fail `fail_max` calls through `breaker`. In a fleet some may be refused once another
     instance's trip lands; `alone`: every call reaches the partner and the circuit opens here."""
-    for _ in range(breaker.breaker.fail_max):
-        with pytest.raises(PartnerDown if alone else (PartnerDown, CircuitOpen)):
+    for _ in range(breaker.state_machine.fail_max):
+        with pytest.raises(PartnerDown if alone else (PartnerDown, NotPermitted, CutShort)):
             await breaker.call(fail)
     if alone:
         assert breaker.state_name == "open"

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from circuit_breaker import AsyncCircuitBreaker, build_breaker
+from circuit_breaker import AsyncCircuitBreaker
+from offer_service import build_breaker
 from service.redis_state import connect_cluster_aware
 from service.settings import OfferSettings
 from tools.processes import EditablePartner, RedisClusterServers, RedisServer, redis_server_binary

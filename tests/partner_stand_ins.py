@@ -9,7 +9,7 @@ import threading
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 
-from circuit_breaker import PartnerRejected
+from service.partner_client import PartnerDeclined
 from tools.processes import free_port
 
 
@@ -26,7 +26,7 @@ async def fail() -> str:
 
 
 async def reject() -> str:
-    raise PartnerRejected("404")
+    raise PartnerDeclined("404")
 
 
 Behaviour = Callable[[asyncio.StreamWriter], Awaitable[None]]

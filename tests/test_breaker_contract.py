@@ -16,14 +16,9 @@ from typing import Any
 import pybreaker
 import pytest
 
-from circuit_breaker import (
-    BREAKER_NAME,
-    AsyncCircuitBreaker,
-    CircuitOpen,
-    LogListener,
-    PartnerRejected,
-    build_breaker,
-)
+from circuit_breaker import AsyncCircuitBreaker, CutShort, LogListener, NotPermitted
+from offer_service import BREAKER_NAME, build_breaker
+from service.partner_client import PartnerDeclined
 from service.settings import OfferSettings
 from tests.fake_clock import FakeClock
 from tests.partner_stand_ins import PartnerDown, fail, ok
@@ -40,7 +35,7 @@ def make_breaker(
 
 
 async def trip(breaker: AsyncCircuitBreaker) -> None:
-    for _ in range(breaker.breaker.fail_max):
+    for _ in range(breaker.state_machine.fail_max):
         with pytest.raises(PartnerDown):
             await breaker.call(fail)
     assert breaker.state_name == "open"
@@ -82,7 +77,7 @@ def fleet_breaker(clock: FakeClock, verdict: str = "granted") -> tuple[AsyncCirc
     breaker = pybreaker.CircuitBreaker(
         fail_max=3,
         reset_timeout=RESET_TIMEOUT,
-        exclude=[PartnerRejected],
+        exclude=[PartnerDeclined],
         state_storage=pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED),
         name=BREAKER_NAME,
     )
@@ -108,11 +103,11 @@ class Gate:
         return self.result
 
 
-# What CircuitOpen carries
+# What NotPermitted carries
 
 
 def test_circuit_open_carries_its_reason_as_attribute_and_message() -> None:
-    error = CircuitOpen("trial-in-flight")
+    error = NotPermitted("trial-in-flight")
     assert error.reason == "trial-in-flight"
     assert str(error) == "trial-in-flight"
     assert isinstance(error, pybreaker.CircuitBreakerError)
@@ -128,10 +123,10 @@ async def test_an_open_circuit_refuses_until_the_last_moment_of_its_reset_timeou
     gate = Gate()
     clock.advance(RESET_TIMEOUT - 0.5)
     assert breaker.seconds_until_trial() == pytest.approx(0.5)
-    with pytest.raises(CircuitOpen, match="circuit-open"):
+    with pytest.raises(NotPermitted, match="circuit-open"):
         await breaker.call(gate)
     clock.advance(0.4999)
-    with pytest.raises(CircuitOpen, match="circuit-open"):
+    with pytest.raises(NotPermitted, match="circuit-open"):
         await breaker.call(gate)
     assert gate.calls == 0
     clock.advance(0.0001)
@@ -165,7 +160,7 @@ async def test_with_shared_state_the_open_period_is_the_fleets() -> None:
     await trip(breaker)
     fleet.until_trial = 4.25
     assert breaker.seconds_until_trial() == 4.25
-    with pytest.raises(CircuitOpen, match="circuit-open"):
+    with pytest.raises(NotPermitted, match="circuit-open"):
         await breaker.call(ok)
     assert fleet.trials_asked == 0
     fleet.until_trial = 0.0
@@ -186,7 +181,7 @@ async def test_the_trial_call_is_the_one_that_half_opens_the_circuit() -> None:
     await asyncio.wait_for(gate.started.wait(), BOUND)
     assert breaker.state_name == "half-open"
     assert breaker.snapshot()["trial_in_flight"] is True
-    with pytest.raises(CircuitOpen, match="trial-in-flight"):
+    with pytest.raises(NotPermitted, match="trial-in-flight"):
         await breaker.call(ok)
     gate.finish.set()
     assert await asyncio.wait_for(trial, BOUND) == "late hot"
@@ -201,9 +196,9 @@ async def test_a_partner_rejection_during_the_trial_closes_the_circuit() -> None
     clock.advance(RESET_TIMEOUT)
 
     async def no() -> str:
-        raise PartnerRejected("404")
+        raise PartnerDeclined("404")
 
-    with pytest.raises(PartnerRejected):
+    with pytest.raises(PartnerDeclined):
         await breaker.call(no)
     assert breaker.state_name == "closed"  # the partner answered: it is up
     assert breaker.snapshot()["trial_in_flight"] is False
@@ -229,8 +224,8 @@ async def test_a_trial_cut_short_by_a_forced_open_frees_the_trial() -> None:
     gate = Gate()
     trial = asyncio.create_task(breaker.call(gate))
     await asyncio.wait_for(gate.started.wait(), BOUND)
-    breaker.force_open()
-    with pytest.raises(CircuitOpen, match="circuit-opened"):
+    breaker.trip()
+    with pytest.raises(CutShort):
         await asyncio.wait_for(trial, BOUND)
     assert breaker.snapshot()["trial_in_flight"] is False
     clock.advance(RESET_TIMEOUT)
@@ -245,7 +240,7 @@ async def test_the_fleet_grants_the_trial_and_the_process_half_opens() -> None:
     trial = asyncio.create_task(breaker.call(gate))
     await asyncio.wait_for(gate.started.wait(), BOUND)
     assert breaker.state_name == "half-open"
-    with pytest.raises(CircuitOpen, match="trial-in-flight"):
+    with pytest.raises(NotPermitted, match="trial-in-flight"):
         await breaker.call(ok)  # this process's one trial: the fleet is not even asked
     assert fleet.trials_asked == 1
     gate.finish.set()
@@ -263,7 +258,7 @@ async def test_a_trial_the_fleet_refuses_is_never_made_and_can_be_asked_again(
     await trip(breaker)
     gate = Gate()
     for asked in (1, 2):
-        with pytest.raises(CircuitOpen) as refused:
+        with pytest.raises(NotPermitted) as refused:
             await breaker.call(gate)
         assert refused.value.reason == reason
         assert fleet.trials_asked == asked
@@ -373,16 +368,16 @@ async def test_every_operators_close_starts_a_new_generation_even_of_a_closed_ci
     late = [asyncio.create_task(breaker.call(gate)) for gate in gates]
     for gate in gates:
         await asyncio.wait_for(gate.started.wait(), BOUND)
-    breaker.force_close()
+    breaker.reset()
     later = Gate(error=PartnerDown("late 500"))
     more = asyncio.create_task(breaker.call(later))
     await asyncio.wait_for(later.started.wait(), BOUND)
-    breaker.force_close()  # a second close: the call admitted between the two is stale too
+    breaker.reset()  # a second close: the call admitted between the two is stale too
     for gate in (*gates, later):
         gate.finish.set()
     results = await asyncio.wait_for(asyncio.gather(*late, more, return_exceptions=True), BOUND)
     assert all(isinstance(result, PartnerDown) for result in results)
-    assert breaker.breaker.fail_counter == 0
+    assert breaker.fail_counter == 0
     assert breaker.state_name == "closed"
 
 
@@ -391,8 +386,8 @@ async def test_an_operators_close_of_a_closed_circuit_clears_its_failures() -> N
     for _ in range(2):
         with pytest.raises(PartnerDown):
             await breaker.call(fail)
-    breaker.force_close()
-    assert breaker.breaker.fail_counter == 0
+    breaker.reset()
+    assert breaker.fail_counter == 0
     with pytest.raises(PartnerDown):
         await breaker.call(fail)
     assert breaker.state_name == "closed"  # one failure after the close, not three
@@ -404,12 +399,12 @@ async def test_an_outcome_admitted_in_one_state_is_ignored_once_the_state_moved_
     gate = Gate()
     slow = asyncio.create_task(breaker.call(gate))
     await asyncio.wait_for(gate.started.wait(), BOUND)
-    breaker.force_open()  # cut short, so let the waiting call be recorded from here
-    with pytest.raises(CircuitOpen, match="circuit-opened"):
+    breaker.trip()  # cut short, so let the waiting call be recorded from here
+    with pytest.raises(CutShort):
         await asyncio.wait_for(slow, BOUND)
-    breaker.force_close()
+    breaker.reset()
     assert breaker.state_name == "closed"
-    assert breaker.breaker.fail_counter == 0
+    assert breaker.fail_counter == 0
 
 
 async def test_with_shared_state_an_outcome_from_an_older_fleet_generation_is_ignored() -> None:
@@ -424,7 +419,7 @@ async def test_with_shared_state_an_outcome_from_an_older_fleet_generation_is_ig
     fleet.generation += 1  # a transition elsewhere in the fleet, heard here
     gate.finish.set()
     assert await asyncio.wait_for(slow, BOUND) == "late hot"
-    assert breaker.breaker.fail_counter == 2  # the stale success reset nothing
+    assert breaker.fail_counter == 2  # the stale success reset nothing
 
 
 async def test_an_operators_close_and_a_fleet_transition_heard_after_it_are_two_generations() -> None:
@@ -433,12 +428,12 @@ async def test_an_operators_close_and_a_fleet_transition_heard_after_it_are_two_
     gate = Gate(error=PartnerDown("late 500"))
     slow = asyncio.create_task(breaker.call(gate))
     await asyncio.wait_for(gate.started.wait(), BOUND)
-    breaker.force_close()  # closed already: a new generation here
+    breaker.reset()  # closed already: a new generation here
     fleet.generation += 1  # and the fleet's version of that close, heard back
     gate.finish.set()
     with pytest.raises(PartnerDown):
         await asyncio.wait_for(slow, BOUND)
-    assert breaker.breaker.fail_counter == 0
+    assert breaker.fail_counter == 0
 
 
 async def test_an_ignored_outcome_is_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
@@ -447,7 +442,7 @@ async def test_an_ignored_outcome_is_logged_at_debug(caplog: pytest.LogCaptureFi
     gate = Gate()
     slow = asyncio.create_task(breaker.call(gate))
     await asyncio.wait_for(gate.started.wait(), BOUND)
-    breaker.force_close()
+    breaker.reset()
     gate.finish.set()
     assert await asyncio.wait_for(slow, BOUND) == "late hot"
     ignored = [r for r in caplog.records if "earlier state" in r.getMessage()]
@@ -463,12 +458,12 @@ async def test_a_call_cut_short_by_the_circuit_opening_counts_for_nothing() -> N
     gate = Gate()
     waiting = asyncio.create_task(breaker.call(gate))
     await asyncio.wait_for(gate.started.wait(), BOUND)
-    breaker.force_open()
-    with pytest.raises(CircuitOpen) as cut:
+    breaker.trip()
+    with pytest.raises(CutShort) as cut:
         await asyncio.wait_for(waiting, BOUND)
-    assert cut.value.reason == "circuit-opened"
+    assert cut.value.reason == "cut-short"
     assert cut.value.__cause__ is None and cut.value.__suppress_context__
-    assert breaker.breaker.fail_counter == 1
+    assert breaker.fail_counter == 1
 
 
 async def test_closing_cuts_no_call_short() -> None:
@@ -479,7 +474,7 @@ async def test_closing_cuts_no_call_short() -> None:
     gate = Gate()
     trial = asyncio.create_task(breaker.call(gate))
     await asyncio.wait_for(gate.started.wait(), BOUND)
-    breaker.force_close()  # half-open to closed while the trial waits on the partner
+    breaker.reset()  # half-open to closed while the trial waits on the partner
     await asyncio.sleep(0.01)
     assert not trial.done()
     gate.finish.set()
@@ -490,7 +485,7 @@ async def test_closing_cuts_no_call_short() -> None:
 async def test_an_opening_that_nobody_waits_on_still_starts_the_open_period() -> None:
     clock = FakeClock()
     breaker = make_breaker(clock)
-    breaker.force_open()
+    breaker.trip()
     assert breaker.seconds_until_trial() == RESET_TIMEOUT
     clock.advance(1)
     assert breaker.seconds_until_trial() == RESET_TIMEOUT - 1
@@ -502,10 +497,10 @@ async def test_an_opening_that_nobody_waits_on_still_starts_the_open_period() ->
 async def test_forcing_a_state_is_written_for_the_fleet_even_when_the_process_is_already_there() -> None:
     clock = FakeClock()
     breaker, fleet = fleet_breaker(clock)
-    breaker.force_close()
-    breaker.force_open()
-    breaker.force_open()
-    breaker.force_close()
+    breaker.reset()
+    breaker.trip()
+    breaker.trip()
+    breaker.reset()
     assert fleet.forced == ["closed", "open", "open", "closed"]
     assert breaker.state_name == "closed"
 
@@ -516,11 +511,11 @@ async def test_heard_from_the_fleet_the_process_notices_a_change_at_once() -> No
     gate = Gate()
     waiting = asyncio.create_task(breaker.call(gate))
     await asyncio.wait_for(gate.started.wait(), BOUND)
-    breaker.breaker._state_storage.state = pybreaker.STATE_OPEN  # as a message from Redis sets it
+    breaker.state_machine._state_storage.state = pybreaker.STATE_OPEN  # as a message from Redis sets it
     assert callable(fleet.on_change)
     fleet.on_change()
     assert breaker.state_name == "open"
-    with pytest.raises(CircuitOpen, match="circuit-opened"):
+    with pytest.raises(CutShort):
         await asyncio.wait_for(waiting, BOUND)
 
 
@@ -590,7 +585,7 @@ async def test_the_log_names_a_call_without_a_name_by_what_it_is(caplog: pytest.
 def test_the_log_says_when_a_state_had_no_predecessor(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="circuit_breaker")
     breaker = make_breaker()
-    LogListener().state_change(breaker.breaker, None, breaker.breaker.state)
+    LogListener().state_change(breaker.state_machine, None, breaker.state_machine.state)
     records = [(record.levelno, record.getMessage()) for record in caplog.records]
     assert records == [(logging.WARNING, "partner-offer: state changed from None to closed")]
 
@@ -602,16 +597,16 @@ def test_the_walkthroughs_breaker_logs_through_its_listener_and_counts_partner_r
     None
 ):
     breaker = make_breaker()
-    assert breaker.breaker.name == BREAKER_NAME == "partner-offer"
-    assert any(isinstance(listener, LogListener) for listener in breaker.breaker.listeners)
-    assert breaker.breaker.excluded_exceptions == (PartnerRejected,)
+    assert breaker.state_machine.name == BREAKER_NAME == "partner-offer"
+    assert any(isinstance(listener, LogListener) for listener in breaker.state_machine.listeners)
+    assert breaker.state_machine.excluded_exceptions == (PartnerDeclined,)
     assert breaker.shared is None
-    assert breaker.breaker._state_storage.name == "memory"
+    assert breaker.state_machine._state_storage.name == "memory"
 
 
 def test_the_walkthroughs_breaker_takes_its_limits_from_the_settings() -> None:
     settings = OfferSettings(circuit_fail_max=7, circuit_reset_timeout=2.5)
     breaker = build_breaker(settings, clock=FakeClock())
-    assert breaker.breaker.fail_max == 7
-    assert breaker.breaker.reset_timeout == 2.5
+    assert breaker.state_machine.fail_max == 7
+    assert breaker.state_machine.reset_timeout == 2.5
     assert breaker.snapshot()["fail_max"] == 7

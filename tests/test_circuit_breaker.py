@@ -9,7 +9,10 @@ import time
 import pybreaker
 import pytest
 
-from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
+import circuit_breaker as circuit_breaker_module
+from circuit_breaker import AsyncCircuitBreaker, CutShort, NotPermitted
+from offer_service import build_breaker
+from service.partner_client import PartnerDeclined
 from service.settings import OfferSettings
 from tests.breakers import trip
 from tests.fake_clock import FakeClock
@@ -43,7 +46,7 @@ async def test_opens_after_fail_max_failures_and_then_rejects_without_calling() 
     for expected_count in (1, 2):
         with pytest.raises(PartnerDown):
             await breaker.call(fail)
-        assert breaker.breaker.fail_counter == expected_count
+        assert breaker.fail_counter == expected_count
         assert breaker.state_name == "closed"
     with pytest.raises(PartnerDown):
         await breaker.call(fail)
@@ -60,7 +63,7 @@ async def test_opens_after_fail_max_failures_and_then_rejects_without_calling() 
         calls += 1
         return "hot"
 
-    with pytest.raises(CircuitOpen) as rejected:
+    with pytest.raises(NotPermitted) as rejected:
         await breaker.call(counted)
     assert rejected.value.reason == "circuit-open"
     assert calls == 0
@@ -72,29 +75,29 @@ async def test_success_resets_the_fail_counter() -> None:
         with pytest.raises(PartnerDown):
             await breaker.call(fail)
     await breaker.call(ok)
-    assert breaker.breaker.fail_counter == 0
+    assert breaker.fail_counter == 0
 
 
 async def test_partner_rejection_is_excluded_and_never_opens_the_circuit() -> None:
     breaker = make_breaker()
     for _ in range(10):
-        with pytest.raises(PartnerRejected):
+        with pytest.raises(PartnerDeclined):
             await breaker.call(reject)
     assert breaker.state_name == "closed"
-    assert breaker.breaker.fail_counter == 0
+    assert breaker.fail_counter == 0
 
 
 async def test_half_open_trial_success_closes_the_circuit() -> None:
     breaker = make_breaker()
     await trip(breaker, alone=True)
     rewind(breaker, RESET_TIMEOUT - 1)
-    with pytest.raises(CircuitOpen):
+    with pytest.raises(NotPermitted):
         await breaker.call(ok)
     rewind(breaker, 1.01)
     assert (breaker.snapshot())["seconds_until_trial"] == 0
     assert await breaker.call(ok) == "hot"
     assert breaker.state_name == "closed"
-    assert breaker.breaker.fail_counter == 0
+    assert breaker.fail_counter == 0
 
 
 async def test_half_open_trial_failure_opens_the_circuit_again() -> None:
@@ -104,7 +107,7 @@ async def test_half_open_trial_failure_opens_the_circuit_again() -> None:
     with pytest.raises(PartnerDown):
         await breaker.call(fail)
     assert breaker.state_name == "open"
-    with pytest.raises(CircuitOpen):
+    with pytest.raises(NotPermitted):
         await breaker.call(ok)
 
 
@@ -129,7 +132,7 @@ async def test_half_open_allows_one_trial_call_at_a_time() -> None:
     others = await asyncio.wait_for(
         asyncio.gather(*(breaker.call(slow_trial) for _ in range(20)), return_exceptions=True), BOUND
     )
-    assert all(isinstance(result, CircuitOpen) and result.reason == "trial-in-flight" for result in others)
+    assert all(isinstance(result, NotPermitted) and result.reason == "trial-in-flight" for result in others)
     assert calls == 1
     release_trial.set()
     assert await asyncio.wait_for(trial, BOUND) == "hot"
@@ -170,12 +173,12 @@ async def test_a_stale_failure_does_not_count_against_a_newer_state() -> None:
 
     slow = asyncio.create_task(breaker.call(slow_failure))
     await asyncio.wait_for(started.wait(), BOUND)
-    breaker.force_close()  # a new generation, as an operator's close makes one
+    breaker.reset()  # a new generation, as an operator's close makes one
     finish.set()
     with pytest.raises(PartnerDown):
         await asyncio.wait_for(slow, BOUND)
     assert breaker.state_name == "closed"
-    assert breaker.breaker.fail_counter == 0
+    assert breaker.fail_counter == 0
 
 
 async def test_a_stale_success_does_not_reset_a_newer_states_failures() -> None:
@@ -190,13 +193,13 @@ async def test_a_stale_success_does_not_reset_a_newer_states_failures() -> None:
 
     slow = asyncio.create_task(breaker.call(slow_success))
     await asyncio.wait_for(started.wait(), BOUND)
-    breaker.force_close()
+    breaker.reset()
     for _ in range(2):
         with pytest.raises(PartnerDown):
             await breaker.call(fail)
     finish.set()
     assert await asyncio.wait_for(slow, BOUND) == "late hot"
-    assert breaker.breaker.fail_counter == 2
+    assert breaker.fail_counter == 2
 
 
 async def test_concurrent_slow_calls_take_one_calls_latency_not_n() -> None:
@@ -231,10 +234,10 @@ async def test_log_listener_reports_calls_at_debug_and_state_changes_at_warning(
 
 def test_pybreaker_is_the_state_machine() -> None:
     breaker = make_breaker()
-    assert isinstance(breaker.breaker, pybreaker.CircuitBreaker)
-    assert breaker.breaker.fail_max == 3
-    assert breaker.breaker.reset_timeout == RESET_TIMEOUT
-    assert PartnerRejected in breaker.breaker.excluded_exceptions
+    assert isinstance(breaker.state_machine, pybreaker.CircuitBreaker)
+    assert breaker.state_machine.fail_max == 3
+    assert breaker.state_machine.reset_timeout == RESET_TIMEOUT
+    assert PartnerDeclined in breaker.state_machine.excluded_exceptions
 
 
 async def test_calls_still_waiting_when_the_circuit_opens_are_cut_short() -> None:
@@ -254,8 +257,8 @@ async def test_calls_still_waiting_when_the_circuit_opens_are_cut_short() -> Non
     await trip(breaker, alone=True)
     results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), BOUND)
     assert time.perf_counter() - started < 1
-    assert all(isinstance(result, CircuitOpen) and result.reason == "circuit-opened" for result in results)
-    assert breaker.breaker.fail_counter == 3  # cut calls are not failures
+    assert all(isinstance(result, CutShort) for result in results)
+    assert breaker.fail_counter == 3  # cut calls are not failures
 
 
 async def test_a_timeout_raised_by_the_call_itself_is_a_failure_not_a_cut() -> None:
@@ -266,7 +269,7 @@ async def test_a_timeout_raised_by_the_call_itself_is_a_failure_not_a_cut() -> N
 
     with pytest.raises(TimeoutError):
         await breaker.call(times_out)
-    assert breaker.breaker.fail_counter == 1
+    assert breaker.fail_counter == 1
 
 
 async def test_the_open_period_is_measured_on_the_injected_clock_not_the_wall_clock() -> None:
@@ -285,17 +288,17 @@ async def test_forcing_open_twice_is_one_transition_and_no_error() -> None:
         def state_change(self, cb: object, old: object, new: pybreaker.CircuitBreakerState) -> None:
             transitions.append(new.name)
 
-    breaker.breaker.add_listener(Recorder())
+    breaker.add_listener(Recorder())
     waiting = asyncio.create_task(breaker.call(lambda: asyncio.sleep(30, "late")))
     await asyncio.sleep(0)
-    breaker.force_open()
-    breaker.force_open()  # while the first one's cut is still ending the waiting call
-    with pytest.raises(CircuitOpen, match="circuit-opened"):
+    breaker.trip()
+    breaker.trip()  # while the first one's cut is still ending the waiting call
+    with pytest.raises(CutShort):
         await asyncio.wait_for(waiting, BOUND)
-    breaker.force_open()
+    breaker.trip()
     assert transitions == ["open"]
-    breaker.force_close()
-    breaker.force_close()
+    breaker.reset()
+    breaker.reset()
     assert transitions == ["open", "closed"]
 
 
@@ -314,7 +317,7 @@ async def test_errors_that_are_not_counted_neither_fail_nor_succeed() -> None:
     for _ in range(10):
         with pytest.raises(OutOfFileDescriptors):
             await breaker.call(local_trouble)
-    assert breaker.breaker.fail_counter == 2  # neither counted nor reset
+    assert breaker.fail_counter == 2  # neither counted nor reset
     assert breaker.state_name == "closed"
     await trip_once_more(breaker)
     rewind(breaker, RESET_TIMEOUT)
@@ -328,3 +331,111 @@ async def trip_once_more(breaker: AsyncCircuitBreaker) -> None:
     with pytest.raises(PartnerDown):
         await breaker.call(fail)
     assert breaker.state_name == "open"
+
+
+# The public surface a copier uses: circuit_breaker.py alone, with pybreaker.
+
+
+def standalone(clock: FakeClock | None = None, **kwargs: object) -> AsyncCircuitBreaker:
+    machine = pybreaker.CircuitBreaker(fail_max=3, reset_timeout=RESET_TIMEOUT, **kwargs)  # type: ignore[arg-type]
+    return AsyncCircuitBreaker(machine, clock=clock or FakeClock())
+
+
+def test_the_breaker_module_imports_only_pybreaker_and_the_standard_library() -> None:
+    import ast
+    import sys
+    from pathlib import Path
+
+    source = Path(circuit_breaker_module.__file__).read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert imported - sys.stdlib_module_names == {"pybreaker"}
+
+
+async def test_two_steps_record_a_failure_and_a_success() -> None:
+    breaker = standalone()
+    permit = await breaker.admit()
+    permit.failure(PartnerDown("500"))
+    assert breaker.fail_counter == 1
+    permit = await breaker.admit()
+    permit.success()
+    assert breaker.fail_counter == 0
+
+
+async def test_a_permit_reports_once() -> None:
+    breaker = standalone()
+    permit = await breaker.admit()
+    permit.failure(PartnerDown("500"))
+    permit.failure(PartnerDown("500"))
+    permit.success()
+    assert breaker.fail_counter == 1
+
+
+async def test_a_permit_from_before_a_reset_counts_for_nothing() -> None:
+    breaker = standalone()
+    permit = await breaker.admit()
+    breaker.reset()
+    permit.failure(PartnerDown("500"))
+    assert breaker.fail_counter == 0
+
+
+async def test_an_error_in_exclude_is_ignored_through_a_permit() -> None:
+    breaker = standalone(exclude=[PartnerDeclined])
+    (await breaker.admit()).failure(PartnerDown("500"))
+    (await breaker.admit()).failure(PartnerDeclined("404"))
+    assert breaker.fail_counter == 0  # pybreaker counts an excluded error as a success
+
+
+async def test_a_released_trial_permit_lets_the_next_caller_be_the_trial() -> None:
+    clock = FakeClock()
+    breaker = standalone(clock)
+    await trip(breaker, alone=True)
+    with pytest.raises(NotPermitted, match="circuit-open"):
+        await breaker.admit()
+    clock.advance(RESET_TIMEOUT)
+    trial = await breaker.admit()
+    assert trial.is_trial
+    with pytest.raises(NotPermitted, match="trial-in-flight"):
+        await breaker.admit()
+    trial.release()
+    assert breaker.state == "half-open"  # no outcome: still half-open
+    (await breaker.admit()).success()
+    assert breaker.state == "closed"
+
+
+async def test_the_decorator_guards_an_async_function_with_its_arguments() -> None:
+    breaker = standalone()
+    calls: list[tuple[int, str]] = []
+
+    @breaker
+    async def fetch(n: int, *, flavour: str) -> str:
+        calls.append((n, flavour))
+        if flavour == "bad":
+            raise PartnerDown("500")
+        return f"offer {n}"
+
+    assert fetch.__name__ == "fetch"
+    assert await fetch(1, flavour="hot") == "offer 1"
+    for n in range(3):
+        with pytest.raises(PartnerDown):
+            await fetch(n, flavour="bad")
+    with pytest.raises(NotPermitted):
+        await fetch(9, flavour="hot")
+    assert calls[-1] == (2, "bad") and len(calls) == 4
+    assert breaker.state == "open"
+
+
+async def test_trip_opens_and_a_trial_follows_after_the_reset_timeout() -> None:
+    clock = FakeClock()
+    breaker = standalone(clock)
+    breaker.trip()
+    assert breaker.state == "open"
+    with pytest.raises(NotPermitted, match="circuit-open"):
+        await breaker.call(ok)
+    clock.advance(RESET_TIMEOUT)
+    assert await breaker.call(ok) == "hot"
+    assert breaker.state == "closed"

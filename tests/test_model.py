@@ -3,7 +3,7 @@
 Hypothesis' stateful testing drives `AsyncCircuitBreaker` with successes,
 failures, the partner's 4xx (pybreaker-excluded: a success), this process's
 own trouble (`not_counted`: nothing), slow calls that end after a transition,
-cancelled calls, clock moves and an operator's `force_open` / `force_close`;
+cancelled calls, clock moves and an operator's `trip` / `reset`;
 once on memory state, once on two or three instances sharing a real
 `redis-server` with faults between the steps (FLUSHALL, the pub/sub
 connections killed, Redis restarted empty) and clocks that disagree.
@@ -42,8 +42,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, PartnerRejected, build_breaker
+from circuit_breaker import AsyncCircuitBreaker, CutShort, NotPermitted
+from offer_service import build_breaker
 from service import redis_state
+from service.partner_client import PartnerDeclined
 from service.redis_state import Shared, SharedCircuitState, connect
 from service.settings import OfferSettings
 from tests.breakers import CIRCUIT, TRIAL
@@ -70,7 +72,7 @@ FLEET_SLACK = 3.0
 # Skew: every instance has its own clock, far apart (0 catches a "not opened_clock" slip).
 CLOCK_STARTS = (0.0, 1000.0, 123.5, 1e6)
 ADVANCES = (0.25, 1.0, 10.0, 29.75, 30.0, 30.0, 45.0)
-OUTCOMES = ("success", "failure", "rejected", "local")
+OUTCOMES = ("success", "failure", "ignored", "released")
 INSTANCE = st.integers(0, 2)
 
 CI = bool(os.environ.get("CI"))
@@ -82,8 +84,8 @@ class LocalTrouble(Exception):
 
 RAISED: dict[str, type[Exception]] = {
     "failure": PartnerDown,
-    "rejected": PartnerRejected,
-    "local": LocalTrouble,
+    "ignored": PartnerDeclined,
+    "released": LocalTrouble,
 }
 
 
@@ -175,9 +177,9 @@ class Model:
         self.pending.pop(ticket.id, None)
         if ticket.is_trial and self.permits.get(ticket.instance) == ticket.id:
             del self.permits[ticket.instance]
-            if self.lease == ticket.id and outcome in ("cancelled", "local"):
+            if self.lease == ticket.id and outcome in ("cancelled", "released"):
                 self.lease = None  # no outcome: the permit is handed back, to the whole fleet
-        if outcome in ("cancelled", "local") or ticket.generation != self.generation:
+        if outcome in ("cancelled", "released") or ticket.generation != self.generation:
             return  # nothing to record, or stale: counts for nothing
         if outcome == "failure":
             self.counter += 1
@@ -203,11 +205,11 @@ class Model:
         self.generation += 1
         self.lease = None
 
-    def force_open(self) -> None:
+    def trip(self) -> None:
         if self.state != "open":
             self.open()
 
-    def force_close(self) -> None:
+    def reset(self) -> None:
         if self.state != "closed":
             self.close()
         else:  # no transition, but a new generation with a clean count
@@ -311,12 +313,12 @@ class BreakerMachine(RuleBasedStateMachine):
 
     def refused_as_decided(self, got: object, reason: str | None, ambiguous: bool) -> bool:
         """Check a refusal against the model's decision; True if the call was refused."""
-        if isinstance(got, CircuitOpen) and ambiguous and got.reason == "circuit-open":
+        if isinstance(got, NotPermitted) and ambiguous and got.reason == "circuit-open":
             return True  # the fleet's instance saw the open period end a little later: allowed
         if reason is not None:
-            assert isinstance(got, CircuitOpen) and got.reason == reason, f"expected {reason}, got {got!r}"
+            assert isinstance(got, NotPermitted) and got.reason == reason, f"expected {reason}, got {got!r}"
             return True
-        assert not isinstance(got, CircuitOpen), f"expected the call to go ahead, got {got!r}"
+        assert not isinstance(got, NotPermitted), f"expected the call to go ahead, got {got!r}"
         return False
 
     @rule(instance=INSTANCE)
@@ -383,14 +385,14 @@ class BreakerMachine(RuleBasedStateMachine):
         self.model.now += seconds
 
     @rule(instance=INSTANCE)
-    def force_open(self, instance: int) -> None:
-        self.run(on_the_loop(self.breakers[self.pick(instance)].force_open))  # as the admin handler does
-        self.model.force_open()
+    def trip(self, instance: int) -> None:
+        self.run(on_the_loop(self.breakers[self.pick(instance)].trip))  # as the admin handler does
+        self.model.trip()
 
     @rule(instance=INSTANCE)
-    def force_close(self, instance: int) -> None:
-        self.run(on_the_loop(self.breakers[self.pick(instance)].force_close))
-        self.model.force_close()
+    def reset(self, instance: int) -> None:
+        self.run(on_the_loop(self.breakers[self.pick(instance)].reset))
+        self.model.reset()
 
     # The check after every step
 
@@ -404,8 +406,8 @@ class BreakerMachine(RuleBasedStateMachine):
         for i, breaker in enumerate(self.breakers):
             where = f"instance {i}"
             assert breaker.state_name == model.state, f"{where}: {breaker.state_name}, model {model.state}"
-            assert breaker.breaker.fail_counter == model.counter, (
-                f"{where}: fail counter {breaker.breaker.fail_counter}, model {model.counter}"
+            assert breaker.fail_counter == model.counter, (
+                f"{where}: fail counter {breaker.fail_counter}, model {model.counter}"
             )
             assert breaker.snapshot()["trial_in_flight"] == (i in model.permits), f"{where}: trial permit"
             if model.state == "open":
@@ -420,9 +422,7 @@ class BreakerMachine(RuleBasedStateMachine):
             slow = self.slow.pop(call_id)
             assert slow.task is not None
             got = await outcome_of(slow.task)
-            assert isinstance(got, CircuitOpen) and got.reason == "circuit-opened", (
-                f"a call waiting when the circuit opened ended with {got!r}"
-            )
+            assert isinstance(got, CutShort), f"a call waiting when the circuit opened ended with {got!r}"
         self.model.cut.clear()
 
 
@@ -621,7 +621,7 @@ def test_a_stale_failure_after_an_operators_close_of_a_closed_circuit_counts_for
         machine.build(start=0.0)
         machine.start_slow_call(instance=0)
         machine.agrees_with_the_model()
-        machine.force_close(instance=0)
+        machine.reset(instance=0)
         machine.agrees_with_the_model()
         machine.finish_slow_call(pick=0, outcome="failure")
         machine.agrees_with_the_model()
@@ -638,7 +638,7 @@ def test_a_fleet_trial_that_ends_in_local_trouble_hands_the_lease_back(fleet_mac
     machine.agrees_with_the_model()
     # Straight through the breaker, as a caller would.
     with pytest.raises(LocalTrouble):
-        machine.run(machine.breakers[0].call(machine.partner("local")))
+        machine.run(machine.breakers[0].call(machine.partner("released")))
     assert machine.breakers[0].state_name == "half-open"
     # The lease goes back (a write in the background: on a busy machine, give it time)...
     deadline = time.monotonic() + 5

@@ -88,7 +88,7 @@ def test_metrics_count_the_requests_sent(offers: Service) -> None:
     breaker = {"breaker": "partner-offer"}
     assert metric(text, "circuit_breaker_calls_total", **breaker, outcome="success") == 5
     assert metric(text, "circuit_breaker_calls_total", **breaker, outcome="failure") == 3
-    assert metric(text, "circuit_breaker_calls_total", **breaker, outcome="rejected") == 4
+    assert metric(text, "circuit_breaker_calls_total", **breaker, outcome="not-permitted") == 4
     assert metric(text, "offer_fallbacks_total", reason="partner-status-5xx") == 3  # its class in the label
     assert metric(text, "offer_fallbacks_total", reason="circuit-open") == 4
     assert metric(text, "circuit_breaker_state", **breaker) == 1

@@ -10,8 +10,13 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from circuit_breaker import PartnerRejected
-from service.partner_client import MAX_OFFER_BYTES, PartnerClient, PartnerFailure, http_client
+from service.partner_client import (
+    MAX_OFFER_BYTES,
+    PartnerClient,
+    PartnerDeclined,
+    PartnerFailure,
+    http_client,
+)
 from service.settings import OfferSettings
 from tests.partner_stand_ins import gzipped, one_gibibyte_of_zeros_gzipped
 from tools.processes import free_port
@@ -63,7 +68,7 @@ async def test_a_5xx_is_a_failure(status: int) -> None:
 
 @pytest.mark.parametrize("status", [400, 404, 410])
 async def test_a_4xx_is_a_business_rejection_not_a_failure(status: int) -> None:
-    with pytest.raises(PartnerRejected, match=f"partner-status-{status}"):
+    with pytest.raises(PartnerDeclined, match=f"partner-status-{status}"):
         await partner_answering(status).fetch_hot_offer()
 
 

@@ -11,7 +11,8 @@ import pytest
 import redis
 from redis.asyncio import RedisCluster
 
-from circuit_breaker import AsyncCircuitBreaker, CircuitOpen, build_breaker
+from circuit_breaker import AsyncCircuitBreaker, CutShort, NotPermitted
+from offer_service import build_breaker
 from service import redis_state
 from service.redis_state import connect_cluster_aware
 from service.settings import OfferSettings
@@ -37,8 +38,8 @@ async def test_a_trip_on_one_instance_reaches_another_by_pub_sub(
     first, second = await fleet(), await fleet()
     await trip(first)
     assert first.state_name == "open"
-    await eventually(lambda: second.breaker.state.name == "open", within=5, what="the trip heard")
-    with pytest.raises(CircuitOpen, match="circuit-open"):
+    await eventually(lambda: second.state_machine.state.name == "open", within=5, what="the trip heard")
+    with pytest.raises(NotPermitted, match="circuit-open"):
         await second.call(ok)
     assert second.snapshot()["fail_counter"] == FAIL_MAX
 
@@ -55,7 +56,7 @@ async def test_calls_in_a_closed_or_open_circuit_make_no_redis_round_trips(
             await asyncio.sleep(0.05)  # let the trip reach Redis
         before, started = script_calls(client), time.monotonic()
         for _ in range(2000):
-            with contextlib.suppress(CircuitOpen):
+            with contextlib.suppress(NotPermitted, CutShort):
                 await breaker.call(ok)
         elapsed = time.monotonic() - started
         # Only the background refresh, one read a second.
@@ -77,7 +78,7 @@ async def test_concurrent_failures_on_several_instances_trip_the_circuit_once(
     opened_at = client.hget(CIRCUIT, "opened_at")
     assert opened_at is not None and len(opened_at) == 13  # milliseconds
     for breaker in breakers:
-        await eventually(lambda b=breaker: b.breaker.state.name == "open")  # type: ignore[misc]
+        await eventually(lambda b=breaker: b.state_machine.state.name == "open")  # type: ignore[misc]
         # Each measures the open period from Redis's stamp, not from its own trip.
         assert abs(breaker.seconds_until_trial() - breakers[0].seconds_until_trial()) < 0.05
     client.close()
@@ -87,7 +88,7 @@ async def test_one_trial_call_per_fleet_when_the_reset_timeout_has_passed(fleet:
     breakers = [await fleet(circuit_reset_timeout=0.3) for _ in range(2)]
     await trip(breakers[0])
     for breaker in breakers:
-        await eventually(lambda b=breaker: b.breaker.state.name == "open")  # type: ignore[misc]
+        await eventually(lambda b=breaker: b.state_machine.state.name == "open")  # type: ignore[misc]
     await reset_timeout_passed(*breakers)
 
     calls = 0
@@ -103,9 +104,9 @@ async def test_one_trial_call_per_fleet_when_the_reset_timeout_has_passed(fleet:
     )
     assert calls == 1
     assert sum(isinstance(result, PartnerDown) for result in results) == 1
-    assert all(isinstance(r, (PartnerDown, CircuitOpen)) for r in results)
+    assert all(isinstance(r, (PartnerDown, NotPermitted, CutShort)) for r in results)
     for breaker in breakers:
-        await eventually(lambda b=breaker: b.breaker.state.name == "open")  # type: ignore[misc]
+        await eventually(lambda b=breaker: b.state_machine.state.name == "open")  # type: ignore[misc]
 
 
 async def test_a_trial_that_succeeds_closes_the_circuit_for_the_fleet(fleet: Fleet) -> None:
@@ -115,7 +116,7 @@ async def test_a_trial_that_succeeds_closes_the_circuit_for_the_fleet(fleet: Fle
     await reset_timeout_passed(second)
     assert await second.call(ok) == "hot"
     assert second.state_name == "closed"
-    await eventually(lambda: first.breaker.state.name == "closed")
+    await eventually(lambda: first.state_machine.state.name == "closed")
     assert first.snapshot()["fail_counter"] == 0
 
 
@@ -130,7 +131,7 @@ async def test_a_prober_that_dies_cannot_wedge_the_circuit(fleet: Fleet) -> None
     assert crashed.shared is not None
     assert await crashed.shared.acquire_trial() == "granted"
     await crashed.shared.stop()  # holds the lease, never reports an outcome
-    with pytest.raises(CircuitOpen, match="trial-in-flight"):
+    with pytest.raises(NotPermitted, match="trial-in-flight"):
         await survivor.call(ok)
     # The lease lasts partner_timeout + 1 s, then the next caller may try.
     deadline = time.monotonic() + 5
@@ -138,7 +139,7 @@ async def test_a_prober_that_dies_cannot_wedge_the_circuit(fleet: Fleet) -> None
         try:
             assert await survivor.call(ok) == "hot"
             break
-        except CircuitOpen:
+        except NotPermitted:
             assert time.monotonic() < deadline, "the lease never expired"
             await asyncio.sleep(0.05)
     assert survivor.state_name == "closed"
@@ -182,7 +183,7 @@ async def test_a_redis_cluster_shares_the_circuit_and_its_one_trial(
         await breaker.shared.start()
     try:
         await trip(breakers[0])
-        await eventually(lambda: breakers[1].breaker.state.name == "open", within=3, what="trip heard")
+        await eventually(lambda: breakers[1].state == "open", within=3, what="trip heard")
         await reset_timeout_passed(*breakers)
         calls = 0
 
@@ -194,7 +195,7 @@ async def test_a_redis_cluster_shares_the_circuit_and_its_one_trial(
 
         await asyncio.gather(*(b.call(trial) for b in breakers for _ in range(20)), return_exceptions=True)
         assert calls == 1
-        await eventually(lambda: all(b.breaker.state.name == "closed" for b in breakers))
+        await eventually(lambda: all(b.state_machine.state.name == "closed" for b in breakers))
     finally:
         for breaker in breakers:
             assert breaker.shared is not None

@@ -24,7 +24,7 @@ import pytest
 import redis
 from redis.exceptions import RedisError
 
-from circuit_breaker import AsyncCircuitBreaker, CircuitOpen
+from circuit_breaker import AsyncCircuitBreaker, CutShort, NotPermitted
 from service.redis_state import (
     MAX_OUTBOX,
     REDIS_TIMEOUT,
@@ -313,7 +313,7 @@ async def test_a_success_after_failures_resets_the_fleets_count(
     await eventually(lambda: redis_client.hget(CIRCUIT, "fail_counter") == b"4", what="four failures written")
     assert await breaker.call(ok) == "hot"
     await eventually(lambda: redis_client.hget(CIRCUIT, "fail_counter") == b"0", what="reset written")
-    assert breaker.breaker.fail_counter == 0
+    assert breaker.fail_counter == 0
 
 
 async def test_failures_after_a_reset_count_from_zero_in_the_same_write(
@@ -329,10 +329,10 @@ async def test_failures_after_a_reset_count_from_zero_in_the_same_write(
     for _ in range(2):
         with pytest.raises(PartnerDown):
             await breaker.call(fail)
-    assert breaker.breaker.fail_counter == 2
+    assert breaker.fail_counter == 2
     await eventually(lambda: settled(breaker), what="written")
     assert redis_client.hget(CIRCUIT, "fail_counter") == b"2"
-    assert breaker.breaker.fail_counter == 2
+    assert breaker.fail_counter == 2
 
 
 async def test_a_success_right_after_failures_not_yet_written_resets_them_all(
@@ -349,7 +349,7 @@ async def test_a_success_right_after_failures_not_yet_written_resets_them_all(
     assert await breaker.call(ok) == "hot"  # before the writer ran: one entry, "reset"
     await eventually(lambda: settled(breaker), what="written")
     assert written_failures(redis_client) == 0
-    assert breaker.breaker.fail_counter == 0
+    assert breaker.fail_counter == 0
 
 
 async def test_failures_of_another_instance_add_up_with_this_ones(
@@ -360,12 +360,12 @@ async def test_failures_of_another_instance_add_up_with_this_ones(
         with pytest.raises(PartnerDown):
             await a.call(fail)
     await eventually(lambda: redis_client.hget(CIRCUIT, "fail_counter") == b"3", what="a's failures written")
-    await eventually(lambda: b.breaker.fail_counter == 3, what="b hears them")
+    await eventually(lambda: b.fail_counter == 3, what="b hears them")
     with pytest.raises(PartnerDown):
         await b.call(fail)
-    assert b.breaker.fail_counter == 4  # its own, on top of the fleet's, before Redis answers
+    assert b.fail_counter == 4  # its own, on top of the fleet's, before Redis answers
     await eventually(lambda: redis_client.hget(CIRCUIT, "fail_counter") == b"4", what="b's failure written")
-    await eventually(lambda: a.breaker.fail_counter == 4, what="a hears it")
+    await eventually(lambda: a.fail_counter == 4, what="a hears it")
 
 
 async def test_the_trip_that_reaches_fail_max_opens_the_fleet_with_one_transition(
@@ -377,7 +377,7 @@ async def test_the_trip_that_reaches_fail_max_opens_the_fleet_with_one_transitio
         with pytest.raises(PartnerDown):
             await breaker.call(fail)
         await eventually(lambda: settled(a) and settled(b), what="written")
-    await eventually(lambda: b.breaker.fail_counter == 3, what="b hears three")
+    await eventually(lambda: b.fail_counter == 3, what="b hears three")
     assert redis_client.hget(CIRCUIT, "state") == b"closed"
     with pytest.raises(PartnerDown):
         await b.call(fail)
@@ -392,15 +392,15 @@ async def test_an_operators_close_is_written_for_the_fleet_even_when_closed(
     a, b = await fleet(), await fleet()
     with pytest.raises(PartnerDown):
         await a.call(fail)
-    await eventually(lambda: b.breaker.fail_counter == 1, what="b hears the failure")
+    await eventually(lambda: b.fail_counter == 1, what="b hears the failure")
     version = int(redis_client.hget(CIRCUIT, "version") or 0)
-    b.force_close()
+    b.reset()
     await eventually(
         lambda: int(redis_client.hget(CIRCUIT, "version") or 0) == version + 1, what="new generation"
     )
     assert redis_client.hget(CIRCUIT, "state") == b"closed"
     assert redis_client.hget(CIRCUIT, "fail_counter") == b"0"
-    await eventually(lambda: a.breaker.fail_counter == 0, what="a hears the clean count")
+    await eventually(lambda: a.fail_counter == 0, what="a hears the clean count")
     assert a.state_name == "closed"
 
 
@@ -408,10 +408,10 @@ async def test_an_operators_open_and_close_reach_every_instance(
     fleet: Fleet, redis_client: redis.Redis
 ) -> None:
     a, b = await fleet(), await fleet()
-    a.force_open()
+    a.trip()
     await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="open written")
     await eventually(lambda: b.state_name == "open", what="b opens")
-    b.force_close()
+    b.reset()
     await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"closed", what="close written")
     await eventually(lambda: a.state_name == "closed", what="a closes")
 
@@ -483,10 +483,10 @@ async def test_a_closed_circuit_has_no_open_period(fleet: Fleet, redis_client: r
     breaker = await fleet()
     assert breaker.seconds_until_trial() == 0.0
     assert shared(breaker).opened_at is None
-    breaker.force_open()
+    breaker.trip()
     await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="open written")
     assert shared(breaker).opened_at is not None
-    breaker.force_close()
+    breaker.reset()
     await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"closed", what="close written")
     await eventually(lambda: settled(breaker), what="settled")
     await asyncio.sleep(1.1)  # a refresh too: Redis keeps the old opened_at, the view must not
@@ -543,7 +543,7 @@ async def test_a_trial_is_granted_only_once_its_reset_timeout_has_passed_in_redi
     clock.advance(11)  # this process thinks the period is over; Redis knows better
     assert await shared(breaker).acquire_trial() == "open"
     assert not redis_client.exists(TRIAL)
-    with pytest.raises(CircuitOpen, match="circuit-open"):
+    with pytest.raises(NotPermitted, match="circuit-open"):
         await breaker.call(ok)
 
 
@@ -646,7 +646,7 @@ async def test_stop_says_how_many_updates_it_could_not_write(
         with pytest.raises(PartnerDown):
             await breaker.call(fail)
     await eventually(lambda: not state.connected, what="outage noticed")
-    breaker.force_open()
+    breaker.trip()
     caplog.set_level(logging.WARNING, logger="redis_state")
     await asyncio.wait_for(state.stop(), BOUND)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopped with")]
@@ -679,10 +679,10 @@ async def test_a_long_outage_keeps_only_the_newest_updates_and_says_so(
     state = shared(breaker)
     redis_server.stop()
     await eventually(lambda: not state.connected or state._outbox == [], what="idle")
-    # The first force_open writes the transition and the operator's open, each later one a force-open:
+    # The first trip writes the transition and the operator's open, each later one a force-open:
     # MAX_OUTBOX + 1000 entries in all, so the oldest 1000 go, the transition first.
     for _ in range(MAX_OUTBOX + 999):
-        breaker.force_open()
+        breaker.trip()
     assert len(state._outbox) == MAX_OUTBOX
     assert {entry[0] for entry in state._outbox} == {"force-open"}
     dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
@@ -769,7 +769,7 @@ async def test_a_record_lost_while_closed_is_seeded_closed_with_its_count(
     assert redis_client.hget(CIRCUIT, "state") == b"closed"
     assert redis_client.hget(CIRCUIT, "fail_counter") == b"1"
     assert breaker.state_name == "closed"
-    assert breaker.breaker.fail_counter == 1
+    assert breaker.fail_counter == 1
     # Checked once: from now on each flush is one write again, with no read of its own.
     await eventually(lambda: settled(breaker), what="settled")
     before, started = evalsha_calls(redis_client), time.monotonic()
@@ -825,7 +825,7 @@ async def test_after_an_outage_the_fleets_newer_generation_wins_at_once(
     state = shared(cut_off)
     road.cut()
     await eventually(lambda: not state.connected, what="outage noticed")
-    other.force_open()  # the fleet moves on while this instance cannot hear it
+    other.trip()  # the fleet moves on while this instance cannot hear it
     await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="open written")
     with pytest.raises(PartnerDown):
         await cut_off.call(fail)  # based on the generation the fleet has left
@@ -1008,7 +1008,7 @@ async def test_a_half_open_circuit_lost_from_redis_starts_a_full_open_period(
     age_ms = int(time.time() * 1000) - int(redis_client.hget(CIRCUIT, "opened_at") or 0)
     assert 0 <= age_ms < 900  # from now (not a second back): the trial's lease went with the record
     finish.set()
-    with contextlib.suppress(CircuitOpen):
+    with contextlib.suppress(NotPermitted, CutShort):
         await asyncio.wait_for(probing, BOUND)
 
 
@@ -1071,9 +1071,9 @@ async def test_a_snapshot_older_than_one_already_heard_is_ignored_and_one_as_new
         redis_client.publish(CHANNEL, f"closed,7,,{version},1,{seq - 1}") == 1
     )  # made before the last change
     await asyncio.sleep(0.2)
-    assert breaker.breaker.fail_counter == 2
+    assert breaker.fail_counter == 2
     redis_client.publish(CHANNEL, f"closed,7,,{version},1,{seq}")  # as new as the last one heard
-    await eventually(lambda: breaker.breaker.fail_counter == 7, what="the snapshot taken")
+    await eventually(lambda: breaker.fail_counter == 7, what="the snapshot taken")
 
 
 async def test_an_outcome_counts_when_nothing_changed_meanwhile_even_across_refreshes(fleet: Fleet) -> None:
@@ -1085,7 +1085,7 @@ async def test_an_outcome_counts_when_nothing_changed_meanwhile_even_across_refr
 
     with pytest.raises(PartnerDown):
         await asyncio.wait_for(breaker.call(slow_failure), BOUND)
-    assert breaker.breaker.fail_counter == 1
+    assert breaker.fail_counter == 1
 
 
 async def test_failures_not_yet_written_still_count_when_redis_answers_an_earlier_batch(
@@ -1107,7 +1107,7 @@ async def test_failures_not_yet_written_still_count_when_redis_answers_an_earlie
         await eventually(
             lambda: state._in_flight and state._in_flight[0][2] == 2, what="the second batch sent"
         )
-        assert breaker.breaker.fail_counter == 3
+        assert breaker.fail_counter == 3
         for _ in range(2):
             with pytest.raises(PartnerDown):
                 await breaker.call(fail)

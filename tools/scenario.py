@@ -28,7 +28,7 @@ DEMO_PARTNER, DEMO_OFFERS = "http://127.0.0.1:8000", "http://127.0.0.1:8001"
 OWN_RESET_TIMEOUT = "3"
 
 COLOR = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-PAINT = {"hot": "32", "cold": "33", "rejected": "31", "step": "1;36", "ok": "32", "fail": "1;31"}
+PAINT = {"hot": "32", "cold": "33", "not permitted": "31", "step": "1;36", "ok": "32", "fail": "1;31"}
 
 
 def paint(text: str, kind: str) -> str:
@@ -60,15 +60,21 @@ class Story:
         return int(self.client.get(f"{self.partner}/stats").json()["requests_received"])
 
     def offer(self) -> str:
-        """One request, printed as a line of the timeline; returns hot, cold or rejected."""
+        """One request, printed as a line of the timeline; returns hot, cold or not permitted."""
         began = time.monotonic()
         response = self.client.get(f"{self.offers}/offer")
         latency_ms = (time.monotonic() - began) * 1000
         reason = response.headers.get("x-fallback-reason", "")
-        kind = "hot" if not reason else "rejected" if reason.startswith(("circuit-", "trial-")) else "cold"
+        kind = (
+            "hot"
+            if not reason
+            else "not permitted"
+            if reason in ("circuit-open", "trial-in-flight")
+            else "cold"
+        )
         circuit = self.circuit()
         print(
-            f"{time.monotonic() - self.started:6.2f}s  {paint(f'{kind:8}', kind)} {response.json():28} "
+            f"{time.monotonic() - self.started:6.2f}s  {paint(f'{kind:13}', kind)} {response.json():28} "
             f"{circuit['current_state']:9} fail_counter={circuit['fail_counter']}  "
             f"{latency_ms:6.1f} ms  {reason}"
         )
@@ -100,7 +106,7 @@ def tell(story: Story) -> bool:
     story.step("Open: the partner is not called, the fallback comes at once")
     before = story.partner_calls()
     kinds = [story.offer() for _ in range(5)]
-    story.check("open: every request rejected at once", kinds == ["rejected"] * 5)
+    story.check("open: every request not permitted, answered at once", kinds == ["not permitted"] * 5)
     story.check("open: the partner received no request", story.partner_calls() == before)
 
     story.step("Half-open: after the reset timeout one trial call; the partner still fails")

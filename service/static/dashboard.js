@@ -3,7 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const STATES = ["closed", "open", "half-open"];
-const COLORS = { hot: "#2e9d55", cold: "#e6a117", rejected: "#d64541" };
+const COLORS = { hot: "#2e9d55", cold: "#e6a117", not_permitted: "#d64541" };
 
 let snapshotAt = 0;
 let secondsUntilTrial = null;
@@ -78,10 +78,10 @@ function drawChart(recent) {
 
   const now = Math.floor(Date.now() / 1000);
   const bySecond = new Map(recent.map((r) => [r.t, r]));
-  const totals = { hot: 0, cold: 0, rejected: 0 };
+  const totals = { hot: 0, cold: 0, not_permitted: 0 };
   let peak = 1;
   for (const r of recent) {
-    peak = Math.max(peak, r.hot + r.cold + r.rejected);
+    peak = Math.max(peak, r.hot + r.cold + r.not_permitted);
     for (const key of Object.keys(totals)) totals[key] += r[key];
   }
   const slot = width / 30;
@@ -89,7 +89,7 @@ function drawChart(recent) {
     const r = bySecond.get(now - 29 + i);
     if (!r) continue;
     let y = height;
-    for (const key of ["hot", "cold", "rejected"]) {
+    for (const key of ["hot", "cold", "not_permitted"]) {
       const h = (r[key] / peak) * (height - 4);
       ctx.fillStyle = COLORS[key];
       ctx.fillRect(i * slot + 1, y - h, slot - 2, h);

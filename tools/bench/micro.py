@@ -43,8 +43,8 @@ import purgatory
 import pybreaker
 import redis
 
-from circuit_breaker import build_breaker
-from service.redis_state import connect_cluster_aware
+from offer_service import build_breaker
+from service.redis_state import SharedCircuitState, connect_cluster_aware
 from service.settings import OfferSettings
 from tools.bench.spread import Spread
 from tools.processes import RedisServer, redis_server_binary
@@ -107,7 +107,7 @@ async def candidates(redis_url: str | None) -> AsyncIterator[dict[str, Candidate
         if redis_url:
             ours_redis = build_breaker(settings, await connect_cluster_aware(redis_url))
             shared = ours_redis.shared
-            assert shared is not None
+            assert isinstance(shared, SharedCircuitState)
             await shared.start()
             stack.push_async_callback(shared.stop)
             client = redis.Redis.from_url(redis_url)

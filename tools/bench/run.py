@@ -101,14 +101,14 @@ class Case:
 
 CASES = [
     Case(PARTNER, "partner_offer_service:app", scenarios=(HEALTHY,), path="/offer/hot"),
-    Case(NAIVE, "bench.baselines:naive_app", in_smoke=True),
-    Case("naive async: async + AsyncClient per request", "bench.baselines:naive_async_app"),
-    Case("shared httpx.AsyncClient, default transport", "bench.baselines:shared_httpx_app"),
+    Case(NAIVE, "tools.bench.baselines:naive_app", in_smoke=True),
+    Case("naive async: async + AsyncClient per request", "tools.bench.baselines:naive_async_app"),
+    Case("shared httpx.AsyncClient, default transport", "tools.bench.baselines:shared_httpx_app"),
     Case(MEMORY, "offer_service:app", in_smoke=True),
     Case(REDIS, "offer_service:app", redis_delay=0.0),
     Case(REDIS_FAR, "offer_service:app", scenarios=(HEALTHY, OPEN), redis_delay=REDIS_DELAY),
-    Case(PROXY, "bench.baselines:aiohttp_proxy_app"),
-    Case(FALLBACK, "bench.baselines:fallback_app", scenarios=(HEALTHY, OPEN), in_smoke=True),
+    Case(PROXY, "tools.bench.baselines:aiohttp_proxy_app"),
+    Case(FALLBACK, "tools.bench.baselines:fallback_app", scenarios=(HEALTHY, OPEN), in_smoke=True),
 ]
 
 
