@@ -56,6 +56,23 @@ this module adds is what an asyncio service needs and pybreaker lacks:
    `datetime.now()`: a wall clock that can jump. Here the open period is
    measured on a monotonic clock (injectable, so tests move time instead of
    waiting).
+6. **A dependency that says when to come back.** An error with a
+   `retry_after` attribute (seconds; a 429 or 503 with `Retry-After`, say)
+   opens the circuit for at least that long, up to `max_retry_after`.
+
+**Two policies decide when to trip.** `consecutive` is pybreaker's own:
+`fail_max` failures in a row, any success starts the count again. Under load
+it trips on noise (three failures in a row come within seconds when 10% of
+calls fail at random) and never on a dependency that fails every other call
+or answers slowly. `RatePolicy` is the rule of Hystrix, resilience4j and
+Polly: the share of failures, or of slow calls, over the last `window`
+seconds, once `min_calls` calls were made. It plugs into pybreaker without
+changing it: the machine is built with a `fail_max` it never reaches
+(`RATE_POLICY_FAIL_MAX`), so pybreaker still keeps the states, the listeners
+and the count of failures in a row, and the policy calls its `open()` when
+the window says so. A half-open circuit closes after `success_threshold`
+(pybreaker's own setting) trial calls in a row succeed, one at a time, and
+opens again at the first failure, in both policies.
 """
 
 from __future__ import annotations
@@ -65,7 +82,9 @@ import contextlib
 import functools
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 
@@ -120,6 +139,79 @@ class LogListener(pybreaker.CircuitBreakerListener):
         log.warning("%s: state changed from %s to %s", cb.name, old, new_state.name)
 
 
+# With a rate policy pybreaker still counts failures in a row, but never trips on them.
+RATE_POLICY_FAIL_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class RatePolicy:
+    """Trip when, over the last `window` seconds and at least `min_calls` calls, the share
+    of failures reaches `failure_rate` or the share of calls that took `slow_call_seconds`
+    or more reaches `slow_call_rate` (shares from 0 to 1; 1 means "all of them")."""
+
+    window: float = 10.0
+    min_calls: int = 20
+    failure_rate: float = 0.5
+    slow_call_seconds: float = 5.0
+    slow_call_rate: float = 1.0
+
+    def exceeded(self, counts: WindowCounts) -> bool:
+        calls = counts.calls
+        return calls >= self.min_calls and (
+            counts.failures >= self.failure_rate * calls or counts.slow >= self.slow_call_rate * calls
+        )
+
+
+@dataclass
+class WindowCounts:
+    """Calls in a window, and how many of them failed or were slow."""
+
+    calls: int = 0
+    failures: int = 0
+    slow: int = 0
+
+    def rate(self, part: int) -> float | None:
+        return part / self.calls if self.calls else None
+
+
+class CallWindow:
+    """The last `window` seconds of calls, as `BUCKETS` buckets on the breaker's clock: a
+    call costs an addition, and the window slides by dropping whole buckets."""
+
+    BUCKETS = 10
+
+    def __init__(self, window: float, clock: Callable[[], float]) -> None:
+        self._width = window / self.BUCKETS
+        self._clock = clock
+        self._buckets: deque[list[int]] = deque()  # [bucket number, calls, failures, slow]
+
+    def record(self, failed: bool, slow: bool) -> None:
+        number = int(self._clock() // self._width)
+        if not self._buckets or self._buckets[-1][0] != number:
+            self._buckets.append([number, 0, 0, 0])
+            self._drop_before(number)
+        bucket = self._buckets[-1]
+        bucket[1] += 1
+        bucket[2] += failed
+        bucket[3] += slow
+
+    def counts(self) -> WindowCounts:
+        self._drop_before(int(self._clock() // self._width))
+        counts = WindowCounts()
+        for _, calls, failures, slow in self._buckets:
+            counts.calls += calls
+            counts.failures += failures
+            counts.slow += slow
+        return counts
+
+    def clear(self) -> None:
+        self._buckets.clear()
+
+    def _drop_before(self, number: int) -> None:
+        while self._buckets and self._buckets[0][0] <= number - self.BUCKETS:
+            self._buckets.popleft()
+
+
 TrialVerdict = Literal["granted", "busy", "open", "closed"]
 
 
@@ -145,6 +237,16 @@ class SharedState(Protocol):
 
     def force(self, state: str) -> None: ...
 
+    def hold_open(self, seconds: float) -> None:
+        """Open now, if not open already, and permit no trial for `seconds`."""
+
+    def add_to_window(self, failed: bool, slow: bool) -> None:
+        """Count one call in the fleet's window; the shared state trips on the fleet's totals."""
+
+    def fleet_window(self) -> WindowCounts | None:
+        """The fleet's window as last heard, or None when it cannot be heard (then the
+        breaker decides on its own window)."""
+
 
 def _two_step_call() -> None:
     """What listeners' `before_call` is told of a call made with `admit` and a `Permit`."""
@@ -155,7 +257,7 @@ class Permit:
     `release()` when it ended without one (cancelled, or the caller's own trouble). A
     second report is ignored, and so is one that arrives after the circuit moved on."""
 
-    __slots__ = ("_breaker", "_ended", "_state", "generation", "is_trial")
+    __slots__ = ("_breaker", "_ended", "generation", "is_trial", "started", "state")
 
     def __init__(
         self,
@@ -163,11 +265,13 @@ class Permit:
         state: pybreaker.CircuitBreakerState,
         generation: int,
         is_trial: bool,
+        started: float,
     ) -> None:
         self._breaker = breaker
-        self._state = state
+        self.state = state  # pybreaker's state object when the call was admitted
         self.generation = generation
         self.is_trial = is_trial
+        self.started = started  # on the breaker's clock: a slow call is told by its duration
         self._ended = False
 
     def success(self) -> None:
@@ -184,19 +288,9 @@ class Permit:
             self._breaker._free_trial(self, hand_back=True)
 
     def _end(self, error: BaseException | None) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        breaker = self._breaker
-        try:
-            if not breaker._is_current(self._state, self.generation):
-                log.debug("%s: ignoring an outcome from an earlier state", breaker.name)
-            elif error is None:
-                _count_success(self._state)
-            else:
-                _count_failure(self._state, error)
-        finally:
-            breaker._free_trial(self, hand_back=False)
+        if not self._ended:
+            self._ended = True
+            self._breaker._record(self, error)
 
 
 class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
@@ -215,15 +309,24 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         shared: SharedState | None = None,
         not_counted: tuple[type[BaseException], ...] = (),
         clock: Callable[[], float] = time.monotonic,
+        policy: RatePolicy | None = None,
+        max_retry_after: float = 300.0,
     ) -> None:
         """`shared`: the storage `state_machine` was built with, when it is shared by a fleet.
         `not_counted`: errors that say nothing about the dependency (this process's own
-        trouble): `call` releases their permit, recording neither success nor failure."""
+        trouble): `call` releases their permit, recording neither success nor failure.
+        `policy`: trip on rates over a window instead of `fail_max` in a row (build
+        `state_machine` with `fail_max=RATE_POLICY_FAIL_MAX`). `max_retry_after`: the
+        longest `retry_after` honoured, in seconds; 0 ignores them."""
         self.state_machine = state_machine
         self.shared = shared
+        self.policy = policy
+        self.max_retry_after = max_retry_after
+        self._window = CallWindow(policy.window, clock) if policy else None
         self._not_counted = not_counted
         self._clock = clock
         self._opened_clock: float | None = None
+        self._hold_until: float | None = None  # a `retry_after` longer than the reset timeout
         self._resets = 0  # a reset of a closed circuit starts a generation too
         self._trial_in_flight = False
         self._waiting: set[asyncio.Timeout] = set()
@@ -247,7 +350,7 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
             is_trial = state.name == pybreaker.STATE_HALF_OPEN
         for listener in machine.listeners:
             listener.before_call(machine, func)
-        return Permit(self, state, self._generation(), is_trial)
+        return Permit(self, state, self._generation(), is_trial, self._clock())
 
     async def call(self, func: Callable[[], Awaitable[T]]) -> T:
         """Await `func()` if the circuit permits it, and record how it ended."""
@@ -344,7 +447,15 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
             return self.shared.seconds_until_trial()
         if self._opened_clock is None:
             return 0.0
-        return max(0.0, self._opened_clock + self.state_machine.reset_timeout - self._clock())
+        until = self._opened_clock + self.state_machine.reset_timeout
+        return max(0.0, until - self._clock(), (self._hold_until or 0.0) - self._clock())
+
+    def window_counts(self) -> WindowCounts | None:
+        """The rate policy's window: the fleet's with shared state, else this process's."""
+        if self._window is None:
+            return None
+        fleet = self.shared.fleet_window() if self.shared is not None else None
+        return fleet if fleet is not None else self._window.counts()
 
     def add_listener(self, listener: pybreaker.CircuitBreakerListener) -> None:
         self.state_machine.add_listener(listener)
@@ -366,6 +477,25 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
             "trial_in_flight": self._trial_in_flight,
             "storage": _storage(self.state_machine).name,
             "degraded": self.shared is not None and not self.shared.connected,
+            "policy": "rate" if self.policy else "consecutive",
+            "window": self._window_snapshot(),
+        }
+
+    def _window_snapshot(self) -> dict[str, Any] | None:
+        counts, policy = self.window_counts(), self.policy
+        if counts is None or policy is None:
+            return None
+        return {
+            "seconds": policy.window,
+            "calls": counts.calls,
+            "failures": counts.failures,
+            "slow_calls": counts.slow,
+            "failure_rate": counts.rate(counts.failures),
+            "slow_call_rate": counts.rate(counts.slow),
+            "min_calls": policy.min_calls,
+            "failure_rate_threshold": policy.failure_rate,
+            "slow_call_rate_threshold": policy.slow_call_rate,
+            "slow_call_seconds": policy.slow_call_seconds,
         }
 
     # pybreaker's listener hook.
@@ -378,9 +508,12 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
     ) -> None:
         """When the circuit opens, here or elsewhere in the fleet, cut short every call
         still waiting."""
+        if self._window is not None:
+            self._window.clear()  # a new state starts a new window
         if new_state.name != pybreaker.STATE_OPEN:
             return
         self._opened_clock = self._clock()
+        self._hold_until = None
         if self._waiting:
             now = asyncio.get_running_loop().time()
             for waiting in self._waiting:
@@ -408,6 +541,47 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         elif self.state_machine.state.name == pybreaker.STATE_OPEN:
             self.state_machine.half_open()
         return self.state_machine.state
+
+    def _record(self, permit: Permit, error: BaseException | None) -> None:
+        """Count one outcome against the generation that admitted it, or not at all."""
+        machine, state = self.state_machine, permit.state
+        hand_back = False
+        try:
+            if not self._is_current(state, permit.generation):
+                log.debug("%s: ignoring an outcome from an earlier state", self.name)
+                return
+            if error is None:
+                _count_success(state)
+            else:
+                _count_failure(state, error)
+            failed = error is not None and machine.is_system_error(error)
+            if self._window is not None and state.name == pybreaker.STATE_CLOSED:
+                self._count_in_window(failed, self._clock() - permit.started)
+            retry_after = getattr(error, "retry_after", None) if failed else None
+            if retry_after and self.max_retry_after > 0:
+                self._hold_open(min(float(retry_after), self.max_retry_after))
+            # A trial that succeeded short of pybreaker's `success_threshold`: the next may go.
+            hand_back = permit.is_trial and machine.state.name == pybreaker.STATE_HALF_OPEN
+        finally:
+            self._free_trial(permit, hand_back)
+
+    def _count_in_window(self, failed: bool, seconds: float) -> None:
+        assert self._window is not None and self.policy is not None
+        slow = seconds >= self.policy.slow_call_seconds
+        self._window.record(failed, slow)
+        if self.shared is not None and self.shared.connected:
+            self.shared.add_to_window(failed, slow)  # the fleet's totals decide, in Redis
+        elif self.policy.exceeded(self._window.counts()):
+            self.state_machine.open()
+
+    def _hold_open(self, seconds: float) -> None:
+        """The dependency said when to come back: open until then at least."""
+        if self.shared is not None:
+            self.shared.hold_open(seconds)
+            return
+        if self.state_machine.state.name != pybreaker.STATE_OPEN:
+            self.state_machine.open()
+        self._hold_until = max(self._hold_until or 0.0, self._clock() + seconds)
 
     def _free_trial(self, permit: Permit, hand_back: bool) -> None:
         """`hand_back`: the trial ended without an outcome, so the fleet's lease goes back

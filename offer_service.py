@@ -27,7 +27,14 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis, RedisCluster
 
-from circuit_breaker import AsyncCircuitBreaker, CutShort, LogListener, NotPermitted
+from circuit_breaker import (
+    RATE_POLICY_FAIL_MAX,
+    AsyncCircuitBreaker,
+    CutShort,
+    LogListener,
+    NotPermitted,
+    RatePolicy,
+)
 from service import circuit_routes, dashboard, http_limits, method_not_allowed
 from service import settings as settings_module
 from service.admin import AdminGuard
@@ -111,34 +118,44 @@ def build_breaker(
     not_counted: tuple[type[BaseException], ...] = (),
     clock: Callable[[], float] = time.monotonic,
 ) -> AsyncCircuitBreaker:
-    """The breaker of the walkthrough: fail_max=3, reset_timeout=15 unless configured.
+    """The breaker of the walkthrough: fail_max=3, reset_timeout=15 unless configured,
+    or the rate policy with CIRCUIT_POLICY=rate.
 
     State lives in memory, per process, unless a Redis client is given: then
     in Redis, shared by every process that uses it (`service/redis_state.py`);
     call `await breaker.shared.start()` before serving.
     """
+    policy = None
+    fail_max = settings.circuit_fail_max
+    if settings.circuit_policy == "rate":
+        policy = RatePolicy(
+            window=settings.circuit_window,
+            min_calls=settings.circuit_min_calls,
+            failure_rate=settings.circuit_failure_rate,
+            slow_call_seconds=settings.circuit_slow_call_seconds,
+            slow_call_rate=settings.circuit_slow_call_rate,
+        )
+        fail_max = RATE_POLICY_FAIL_MAX
     shared = None
     storage: pybreaker.CircuitBreakerStorage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
     if redis_client is not None:
         # The trial's lease outlives the longest trial call, and expires if its holder dies.
         lease = settings.partner_timeout + 1
         storage = shared = SharedCircuitState(
-            redis_client,
-            BREAKER_NAME,
-            settings.circuit_fail_max,
-            settings.circuit_reset_timeout,
-            lease,
-            clock,
+            redis_client, BREAKER_NAME, fail_max, settings.circuit_reset_timeout, lease, clock, policy
         )
     state_machine = pybreaker.CircuitBreaker(
-        fail_max=settings.circuit_fail_max,
+        fail_max=fail_max,
         reset_timeout=settings.circuit_reset_timeout,
+        success_threshold=settings.circuit_half_open_calls,
         exclude=[PartnerDeclined],
         listeners=[LogListener()],
         state_storage=storage,
         name=BREAKER_NAME,
     )
-    return AsyncCircuitBreaker(state_machine, shared, not_counted, clock)
+    return AsyncCircuitBreaker(
+        state_machine, shared, not_counted, clock, policy, max_retry_after=settings.circuit_retry_after_max
+    )
 
 
 @asynccontextmanager

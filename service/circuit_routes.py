@@ -35,19 +35,36 @@ log = logging.getLogger("circuit_routes")
 SEND_TIMEOUT = 10.0
 
 
+class WindowStatus(BaseModel):
+    """The rate policy's window: the fleet's with Redis state (at most one flush behind)."""
+
+    seconds: float = Field(description="CIRCUIT_WINDOW")
+    calls: int = Field(description="calls in the window")
+    failures: int = Field(description="of which failed")
+    slow_calls: int = Field(description="of which took CIRCUIT_SLOW_CALL_SECONDS or more")
+    failure_rate: float | None = Field(description="failures / calls; null with no calls")
+    slow_call_rate: float | None = Field(description="slow calls / calls; null with no calls")
+    min_calls: int = Field(description="CIRCUIT_MIN_CALLS: below it the rates do not count")
+    failure_rate_threshold: float = Field(description="CIRCUIT_FAILURE_RATE")
+    slow_call_rate_threshold: float = Field(description="CIRCUIT_SLOW_CALL_RATE")
+    slow_call_seconds: float = Field(description="CIRCUIT_SLOW_CALL_SECONDS")
+
+
 class CircuitStatus(BaseModel):
     """What `GET /offer/circuit` answers; the README's table lists the same fields."""
 
     name: str | None = Field(description="the breaker's name, also its key prefix in Redis")
     current_state: Literal["closed", "open", "half-open"] = Field(description="the state now")
-    fail_counter: int = Field(description="failures counted since the last success (consecutive policy)")
-    fail_max: int = Field(description="failures in a row that open the circuit")
+    fail_counter: int = Field(description="failures in a row since the last success")
+    fail_max: int = Field(description="failures in a row that open the circuit (consecutive policy)")
     reset_timeout: float = Field(description="seconds the circuit stays open before a trial call")
     opened_at: datetime | None = Field(description="when it opened, this host's wall clock; null unless open")
     seconds_until_trial: float | None = Field(description="until a trial call is permitted; null unless open")
     trial_in_flight: bool = Field(description="this process is making the half-open trial call")
     storage: Literal["memory", "redis"] = Field(description="where the state lives")
     degraded: bool = Field(description="shared state configured but Redis unreachable: deciding alone")
+    policy: Literal["consecutive", "rate"] = Field(description="what trips the circuit (CIRCUIT_POLICY)")
+    window: WindowStatus | None = Field(description="the rate policy's window; null for consecutive")
 
 
 def breaker_of(request: Request) -> AsyncCircuitBreaker:

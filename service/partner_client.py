@@ -22,12 +22,14 @@ wire and again as it is decompressed, one bounded step at a time.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import errno
 import logging
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime
 
 import aiohttp
 import httpx
@@ -61,11 +63,30 @@ HttpClientFactory = Callable[[OfferSettings], AbstractAsyncContextManager[httpx.
 
 
 class PartnerFailure(Exception):
-    """The partner looks sick; `reason` names how (`partner-timeout`, ...)."""
+    """The partner looks sick; `reason` names how (`partner-timeout`, ...). `retry_after`:
+    the seconds a 429 or 503 asked for in `Retry-After`; the breaker stays open that long."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", retry_after: float | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """`Retry-After` as seconds from now (RFC 9110: a number of seconds or an HTTP date);
+    None when absent or unreadable, which a hostile or broken partner may send."""
+    if not value or len(value) > 64:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None  # not an HTTP date, which is always GMT
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 class PartnerDeclined(Exception):
@@ -140,6 +161,9 @@ class PartnerClient:
         # 429 is a partner asking for relief, which is what an open circuit gives it.
         if 400 <= status < 500 and status != 429:
             raise PartnerDeclined(f"partner-status-{status}")
+        if status in (429, 503):
+            retry_after = retry_after_seconds(response.headers.get("retry-after"))
+            raise PartnerFailure(f"partner-status-{status}", retry_after=retry_after)
         if status != 200:
             raise PartnerFailure(f"partner-status-{status}")
         content_type = response.headers.get("content-type", "text/plain")

@@ -76,6 +76,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from circuit_breaker import RatePolicy, WindowCounts
+
 log = logging.getLogger("redis_state")
 
 T = TypeVar("T")
@@ -92,7 +94,11 @@ MAX_OUTBOX = 64
 STOP_TIMEOUT = 2.0
 Trial = Literal["granted", "busy", "open", "closed"]
 Source = Literal["write", "read", "message", "seed"]
-COUNTS = ("failures", "reset-failures")  # outbox entries that count; the others are transitions
+COUNTS = ("failures", "reset-failures")  # outbox entries that count failures in a row
+NOT_TRANSITIONS = (*COUNTS, "window")  # the others are transitions
+# How often an instance adds its calls to the fleet's window (rate policy): the fleet's
+# totals, and so its trip, are at most this far behind, plus one round trip.
+WINDOW_FLUSH_INTERVAL = 0.2
 
 _SNAPSHOT = """
 local function now_ms()
@@ -100,13 +106,14 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 -- state, fail counter, age of the open period in ms on Redis's clock, version, exists,
--- and seq, bumped by every change, so that an older snapshot is told from a newer one
+-- seq, bumped by every change, so that an older snapshot is told from a newer one, and
+-- hold_ms: how long from its start the open period lasts at least (a Retry-After)
 local function snapshot()
-  local s = redis.call('HMGET', KEYS[1], 'state', 'fail_counter', 'opened_at', 'version', 'seq')
+  local s = redis.call('HMGET', KEYS[1], 'state', 'fail_counter', 'opened_at', 'version', 'seq', 'hold_ms')
   local age = ''
   if s[3] then age = tostring(now_ms() - tonumber(s[3])) end
   local exists = tostring(redis.call('EXISTS', KEYS[1]))
-  return {s[1] or 'closed', s[2] or '0', age, s[4] or '0', exists, s[5] or '0'}
+  return {s[1] or 'closed', s[2] or '0', age, s[4] or '0', exists, s[5] or '0', s[6] or '0'}
 end
 local function publish()
   redis.call('HINCRBY', KEYS[1], 'seq', 1)
@@ -115,30 +122,73 @@ end
 local function transition(to, open_age_ms)
   redis.call('HSET', KEYS[1], 'state', to)
   redis.call('HINCRBY', KEYS[1], 'version', 1)
-  redis.call('HDEL', KEYS[1], 'seeded')
+  redis.call('HDEL', KEYS[1], 'seeded', 'hold_ms')
+  -- A new state starts a new window (KEYS[4], in the scripts that keep one).
+  if KEYS[4] and to ~= 'half-open' then redis.call('DEL', KEYS[4]) end
   if to == 'open' then redis.call('HSET', KEYS[1], 'opened_at', now_ms() - (open_age_ms or 0)) end
   if to == 'closed' then redis.call('HSET', KEYS[1], 'fail_counter', 0) end
   if to ~= 'half-open' then redis.call('DEL', KEYS[2]) end
 end
 """
 
-# KEYS: circuit hash, trial lease, this writer's last batch. ARGV: channel, fail_max,
-# the batch's id, then entries of three: op, the version it is based on, a count. An
-# entry based on another version is stale and refused; a forced one applies whatever
-# the version. A batch sent again after a lost reply is applied once.
+# KEYS: circuit hash, trial lease, this writer's last batch, the fleet's call window.
+# ARGV: channel, fail_max, the batch's id, then entries of three: op, the version it is
+# based on, a count. An entry based on another version is stale and refused; a forced
+# one (and a Retry-After's hold) applies whatever the version. A batch sent again after
+# a lost reply is applied once. A `window` entry's count is "calls,failures,slow,
+# window ms,min calls,failure rate,slow call rate": its calls join the fleet's buckets
+# (ten per window, on Redis's clock) and the rates over them decide the trip. The reply
+# is the snapshot, then the window's calls, failures and slow calls if it has one.
 _APPLY = (
     _SNAPSHOT
     + """
+local function window_totals(width)
+  local oldest = math.floor(now_ms() / width) - 9
+  local totals = {0, 0, 0}
+  local fields = redis.call('HGETALL', KEYS[4])
+  for j = 1, #fields, 2 do
+    local bucket, kind = string.match(fields[j], '^(%-?%d+):(%d)$')
+    if tonumber(bucket) < oldest then
+      redis.call('HDEL', KEYS[4], fields[j])
+    else
+      totals[tonumber(kind)] = totals[tonumber(kind)] + tonumber(fields[j + 1])
+    end
+  end
+  return totals
+end
 if redis.call('GET', KEYS[3]) == ARGV[3] then return snapshot() end
 redis.call('SET', KEYS[3], ARGV[3], 'EX', 3600)
 local fail_max = tonumber(ARGV[2])
 local changed = false
+local window = nil
 for i = 4, #ARGV, 3 do
   local op, base, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local s = redis.call('HMGET', KEYS[1], 'state', 'version', 'fail_counter')
   local state, version = s[1] or 'closed', s[2] or '0'
-  local current = (op == 'force-open' or op == 'force-close') or (s[2] and version == base)
-  if current then
+  local current = (op == 'force-open' or op == 'force-close' or op == 'hold') or (s[2] and version == base)
+  if op == 'window' and current and state == 'closed' then
+    local v = {}
+    for x in string.gmatch(ARGV[i + 2], '[^,]+') do table.insert(v, tonumber(x)) end
+    local width = v[4] / 10
+    local bucket = math.floor(now_ms() / width)
+    for kind = 1, 3 do
+      if v[kind] > 0 then redis.call('HINCRBY', KEYS[4], bucket .. ':' .. kind, v[kind]) end
+    end
+    redis.call('PEXPIRE', KEYS[4], math.ceil(v[4] * 2))
+    window = window_totals(width)
+    local calls = window[1]
+    if calls >= v[5] and (window[2] >= v[6] * calls or window[3] >= v[7] * calls) then
+      transition('open'); changed = true
+      window = {0, 0, 0}
+    end
+  elseif op == 'hold' then
+    -- A Retry-After: open if not open, and no trial for n ms from now.
+    if state ~= 'open' then transition('open') end
+    local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_at'))
+    local held = tonumber(redis.call('HGET', KEYS[1], 'hold_ms') or '0')
+    redis.call('HSET', KEYS[1], 'hold_ms', math.max(held, now_ms() - opened + n))
+    changed = true
+  elseif current then
     if op == 'failures' or op == 'reset-failures' then
       if op == 'reset-failures' then redis.call('HSET', KEYS[1], 'fail_counter', 0) end
       local count = redis.call('HINCRBY', KEYS[1], 'fail_counter', n)
@@ -171,7 +221,11 @@ for i = 4, #ARGV, 3 do
   end
 end
 if changed then publish() end
-return snapshot()
+local reply = snapshot()
+if window then
+  for kind = 1, 3 do table.insert(reply, window[kind]) end
+end
+return reply
 """
 )
 
@@ -180,9 +234,10 @@ _ACQUIRE_TRIAL = (
     _SNAPSHOT
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost', unpack(snapshot())} end
-local s = redis.call('HMGET', KEYS[1], 'state', 'opened_at')
+local s = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'hold_ms')
 if s[1] == 'closed' then return {'closed', unpack(snapshot())} end
-if s[1] == 'open' and s[2] and now_ms() < tonumber(s[2]) + tonumber(ARGV[2]) then
+local period = math.max(tonumber(ARGV[2]), tonumber(s[3] or '0'))
+if s[1] == 'open' and s[2] and now_ms() < tonumber(s[2]) + period then
   return {'open', unpack(snapshot())}
 end
 if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then return {'busy', unpack(snapshot())} end
@@ -253,14 +308,17 @@ class Shared:
     version: int
     exists: bool
     seq: int
+    hold: float  # the open period lasts at least this long from its start (a Retry-After)
 
     @classmethod
     def parse(cls, fields: list[Any]) -> Shared:
-        state, counter, age, version, exists, seq = (
-            f.decode() if isinstance(f, bytes) else str(f) for f in fields[:6]
+        state, counter, age, version, exists, seq, hold_ms = (
+            f.decode() if isinstance(f, bytes) else str(f) for f in fields[:7]
         )
         age_seconds = int(age) / 1000 if age else None
-        return cls(state, int(counter), age_seconds, int(version), exists == "1", int(seq))
+        return cls(
+            state, int(counter), age_seconds, int(version), exists == "1", int(seq), int(hold_ms) / 1000
+        )
 
 
 def connect(url: str) -> Redis:
@@ -304,7 +362,7 @@ async def shielded(awaitable: Awaitable[T], cancel_inner: bool = True) -> T:
 
 
 def _has_transition(entries: list[list[Any]]) -> bool:
-    return any(op not in COUNTS for op, _, _ in entries)
+    return any(op not in NOT_TRANSITIONS for op, _, _ in entries)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -323,6 +381,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         reset_timeout: float,
         lease_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        policy: RatePolicy | None = None,
     ) -> None:
         super().__init__("redis")
         self._client = client
@@ -333,6 +392,17 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         self._clock = clock
         self._owner = uuid.uuid4().hex
         self._keys = [f"{{{name}}}:circuit", f"{{{name}}}:trial"]
+        self._window_key = f"{{{name}}}:window"
+        self._policy = policy
+        self._window_args = (
+            f"{int(policy.window * 1000)},{policy.min_calls},{policy.failure_rate!r},{policy.slow_call_rate!r}"
+            if policy
+            else ""
+        )
+        self._unsent = WindowCounts()  # calls counted here, not yet added to the fleet's window
+        self._fleet: WindowCounts | None = None  # the fleet's window, as the last write heard it
+        self._fleet_heard = 0.0
+        self._flush: asyncio.TimerHandle | None = None
         self._channel = f"{{{name}}}:changes"
         self._apply = client.register_script(_APPLY)
         self._read_script = client.register_script(_READ)
@@ -345,6 +415,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         self._fail_counter = 0
         self._success_counter = 0
         self._opened_clock: float | None = None  # when the open period began, on `clock`
+        self._hold = 0.0  # the open period lasts at least this long (a Retry-After)
         self._version = 0  # the latest version heard from Redis
         self._seq = 0  # the latest change heard from Redis
         self._next_base = 0  # the version the next write is based on
@@ -419,11 +490,54 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
     def seconds_until_trial(self) -> float:
         if self._opened_clock is None:
             return 0.0
-        return max(0.0, self._opened_clock + self._reset_timeout_ms / 1000 - self._clock())
+        period = max(self._reset_timeout_ms / 1000, self._hold)
+        return max(0.0, self._opened_clock + period - self._clock())
 
     def force(self, state: str) -> None:
         """An operator's open or close: written to Redis whatever the version."""
         self._send("force-open" if state == pybreaker.STATE_OPEN else "force-close")
+
+    def hold_open(self, seconds: float) -> None:
+        """A Retry-After: open now if not open, no trial for `seconds`; for the whole fleet."""
+        if self._state != pybreaker.STATE_OPEN:
+            self._send("hold", int(seconds * 1000))
+            self._next_base += 1
+            self._opened_clock = self._clock()
+            self._hold = seconds
+            self._change(pybreaker.STATE_OPEN)
+            return
+        self._send("hold", int(seconds * 1000))
+        started = self._opened_clock if self._opened_clock is not None else self._clock()
+        self._hold = max(self._hold, self._clock() - started + seconds)
+
+    # The rate policy's window, fleet-wide.
+
+    def add_to_window(self, failed: bool, slow: bool) -> None:
+        """Count a call here; every `WINDOW_FLUSH_INTERVAL` the counts join the fleet's window
+        in one write, and Redis trips the circuit on the fleet's totals."""
+        unsent = self._unsent
+        unsent.calls += 1
+        unsent.failures += failed
+        unsent.slow += slow
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(WINDOW_FLUSH_INTERVAL, self._flush_window)
+
+    def fleet_window(self) -> WindowCounts | None:
+        if not self.connected or self._policy is None:
+            return None
+        fleet = self._fleet
+        if fleet is None or self._clock() - self._fleet_heard > self._policy.window:
+            fleet = WindowCounts()  # nothing heard within a window: only this process's calls
+        unsent = self._unsent
+        return WindowCounts(
+            fleet.calls + unsent.calls, fleet.failures + unsent.failures, fleet.slow + unsent.slow
+        )
+
+    def _flush_window(self) -> None:
+        self._flush = None
+        unsent, self._unsent = self._unsent, WindowCounts()
+        if unsent.calls and self.connected and self._state == pybreaker.STATE_CLOSED:
+            self._send("window", f"{unsent.calls},{unsent.failures},{unsent.slow},{self._window_args}")
 
     # The fleet's half-open trial.
 
@@ -470,7 +584,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         reply = await shielded(
             self._init(keys=self._keys, args=[self._channel, self._fail_max, self._reset_timeout_ms])
         )
-        self._warn_if_settings_differ(reply[6], reply[7])
+        self._warn_if_settings_differ(reply[7], reply[8])
         self._heard(Shared.parse(reply), "seed")
         self.connected = True
         self._supervisor = asyncio.create_task(self._supervise(), name="redis-state")
@@ -528,6 +642,9 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         if not self._transitions_pending():
             self._next_base = shared.version
         self._fail_counter = self._with_unsent_failures(shared.fail_counter)
+        self._hold = shared.hold
+        if state_changed or version_changed:
+            self._fleet = None  # a new state starts a new window
         if shared.state != pybreaker.STATE_OPEN or shared.open_age is None:
             self._opened_clock = None
         else:
@@ -546,7 +663,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         if changed:
             self.on_change()
 
-    def _send(self, op: str, count: int = 0) -> None:
+    def _send(self, op: str, count: int | str = 0) -> None:
         if len(self._outbox) >= MAX_OUTBOX:
             self._outbox.pop(0)
             self._dropped += 1
@@ -588,8 +705,12 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
 
     async def _write(self, batch: list[list[Any]], batch_id: int) -> None:
         args = [self._channel, self._fail_max, batch_id, *(value for entry in batch for value in entry)]
-        reply = await shielded(self._apply(keys=[*self._keys, self._written_key], args=args))
+        keys = [*self._keys, self._written_key, self._window_key]
+        reply = await shielded(self._apply(keys=keys, args=args))
         self._heard(Shared.parse(reply), "write")
+        if len(reply) > 7:
+            self._fleet = WindowCounts(*(int(count) for count in reply[7:10]))
+            self._fleet_heard = self._clock()
 
     async def _supervise(self) -> None:
         while not self._stopping:

@@ -112,6 +112,43 @@ class OfferSettings(_ServiceSettings):
     circuit_reset_timeout: float = Field(
         15.0, gt=0, le=A_DAY, description="seconds the circuit stays open, a number > 0 and <= 86400"
     )
+    circuit_policy: Annotated[Literal["consecutive", "rate"], BeforeValidator(_lowercase)] = Field(
+        "consecutive",
+        description="consecutive (CIRCUIT_FAIL_MAX failures in a row) or rate (failure and slow-call rates)",
+    )
+    circuit_window: float = Field(
+        10.0, ge=0.1, le=A_DAY, description="seconds of calls the rate policy looks at, from 0.1 to 86400"
+    )
+    circuit_min_calls: int = Field(
+        20,
+        ge=1,
+        le=1_000_000,
+        description="calls in the window before the rates count, a whole number from 1 to 1000000",
+    )
+    circuit_failure_rate: float = Field(
+        0.5, gt=0, le=1, description="the share of failures that opens the circuit, a number > 0 and <= 1"
+    )
+    circuit_slow_call_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=A_DAY,
+        description="seconds after which a call counts as slow, a number > 0 and <= 86400",
+    )
+    circuit_slow_call_rate: float = Field(
+        1.0, gt=0, le=1, description="the share of slow calls that opens the circuit, a number > 0 and <= 1"
+    )
+    circuit_half_open_calls: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="trial calls in half-open, one at a time, that must all succeed to close, 1 to 1000",
+    )
+    circuit_retry_after_max: float = Field(
+        300.0,
+        ge=0,
+        le=A_DAY,
+        description="the longest Retry-After honoured, in seconds, from 0 (ignore them) to 86400",
+    )
     redis_url: Annotated[str | None, AfterValidator(_redis_url)] = Field(
         None, description="a redis:// URL, or unset for memory state"
     )

@@ -1,0 +1,394 @@
+"""The rate policy and Retry-After: window arithmetic on an injected clock, the breaker in this
+process, and a fleet whose window lives in a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pybreaker
+import pytest
+
+from circuit_breaker import (
+    RATE_POLICY_FAIL_MAX,
+    AsyncCircuitBreaker,
+    CallWindow,
+    NotPermitted,
+    RatePolicy,
+    WindowCounts,
+)
+from offer_service import build_breaker
+from service.partner_client import PartnerFailure, retry_after_seconds
+from service.redis_state import WINDOW_FLUSH_INTERVAL
+from service.settings import OfferSettings
+from tests.breakers import eventually
+from tests.conftest import Fleet
+from tests.fake_clock import FakeClock
+from tests.partner_stand_ins import PartnerDown, fail, ok
+
+RESET_TIMEOUT = 15.0
+RATE = {
+    "circuit_policy": "rate",
+    "circuit_window": 10.0,
+    "circuit_min_calls": 20,
+    "circuit_failure_rate": 0.5,
+}
+
+
+def rate_breaker(clock: FakeClock, **settings: object) -> AsyncCircuitBreaker:
+    values: dict[str, object] = {**RATE, "circuit_reset_timeout": RESET_TIMEOUT, **settings}
+    return build_breaker(OfferSettings(**values), clock=clock)
+
+
+async def outcome(breaker: AsyncCircuitBreaker, call: Callable[[], Awaitable[str]]) -> str:
+    try:
+        await breaker.call(call)
+    except NotPermitted:
+        return "not-permitted"
+    except PartnerDown:
+        return "failure"
+    return "success"
+
+
+async def run_calls(breaker: AsyncCircuitBreaker, failures: list[bool], clock: FakeClock, step: float) -> int:
+    """Make a call per entry (a failure where True), `step` seconds apart; return how many times
+    the circuit opened."""
+    opened = 0
+    for failed in failures:
+        before = breaker.state
+        await outcome(breaker, fail if failed else ok)
+        opened += before != "open" and breaker.state == "open"
+        if breaker.state == "open":
+            clock.advance(RESET_TIMEOUT)  # let the trial through, to count every opening
+        clock.advance(step)
+    return opened
+
+
+# The window's arithmetic.
+
+
+def test_the_window_counts_calls_failures_and_slow_calls() -> None:
+    clock = FakeClock(0.0)
+    window = CallWindow(10.0, clock)
+    for failed, slow in [(False, False), (True, False), (True, True), (False, True)]:
+        window.record(failed, slow)
+    assert window.counts() == WindowCounts(calls=4, failures=2, slow=2)
+
+
+def test_the_window_slides_a_bucket_at_a_time() -> None:
+    clock = FakeClock(0.0)
+    window = CallWindow(10.0, clock)  # ten buckets of one second
+    window.record(True, False)  # in the bucket [0, 1)
+    clock.advance(5.0)
+    window.record(False, False)  # in [5, 6)
+    clock.advance(4.99)  # 9.99: both still in the window
+    assert window.counts().calls == 2
+    clock.advance(0.01)  # 10.0: the first bucket left the window
+    assert window.counts() == WindowCounts(calls=1, failures=0, slow=0)
+    clock.advance(6.0)
+    assert window.counts() == WindowCounts()
+
+
+def test_a_window_idle_for_longer_than_itself_starts_empty() -> None:
+    clock = FakeClock(0.0)
+    window = CallWindow(1.0, clock)
+    for _ in range(5):
+        window.record(True, True)
+    clock.advance(100.0)
+    window.record(False, False)
+    assert window.counts() == WindowCounts(calls=1, failures=0, slow=0)
+
+
+@pytest.mark.parametrize(
+    ("counts", "exceeded"),
+    [
+        (WindowCounts(calls=19, failures=19), False),  # under min_calls: the rates do not count
+        (WindowCounts(calls=20, failures=9), False),
+        (WindowCounts(calls=20, failures=10), True),  # 50%: at the threshold trips
+        (WindowCounts(calls=20, slow=19), False),
+        (WindowCounts(calls=20, slow=20), True),  # every call slow, at a slow-call rate of 1
+    ],
+)
+def test_the_policy_trips_at_its_thresholds_once_min_calls_were_made(
+    counts: WindowCounts, exceeded: bool
+) -> None:
+    policy = RatePolicy(window=10, min_calls=20, failure_rate=0.5, slow_call_seconds=3, slow_call_rate=1.0)
+    assert policy.exceeded(counts) is exceeded
+
+
+# The breaker in this process.
+
+
+def test_the_rate_policy_leaves_pybreaker_a_fail_max_it_never_reaches() -> None:
+    breaker = rate_breaker(FakeClock())
+    assert breaker.state_machine.fail_max == RATE_POLICY_FAIL_MAX
+    assert breaker.snapshot()["policy"] == "rate"
+    consecutive = build_breaker(OfferSettings(), clock=FakeClock())
+    assert consecutive.snapshot()["policy"] == "consecutive" and consecutive.snapshot()["window"] is None
+
+
+async def test_a_partner_failing_one_call_in_five_trips_consecutive_but_not_rate() -> None:
+    rng = random.Random(7)
+    pattern = [rng.random() < 0.2 for _ in range(600)]
+    clock = FakeClock()
+    consecutive = build_breaker(OfferSettings(circuit_reset_timeout=RESET_TIMEOUT), clock=clock)
+    opened_consecutive = await run_calls(consecutive, pattern, clock, step=0.01)
+    clock = FakeClock()
+    opened_rate = await run_calls(rate_breaker(clock), pattern, clock, step=0.01)
+    assert opened_consecutive >= 2, "the pattern has three failures in a row more than once"
+    assert opened_rate == 0
+
+
+async def test_a_partner_failing_seven_calls_in_ten_opens_the_rate_policy_within_min_calls() -> None:
+    clock = FakeClock()
+    breaker = rate_breaker(clock)
+    made = 0
+    while breaker.state == "closed" and made < 40:
+        await outcome(breaker, fail if made % 10 < 7 else ok)
+        made += 1
+        clock.advance(0.05)
+    assert breaker.state == "open"
+    assert made == 20  # the first call at which min_calls is reached, at 70% failures
+
+
+async def test_a_partner_failing_every_other_call_never_trips_consecutive_but_trips_rate() -> None:
+    pattern = [i % 2 == 0 for i in range(100)]
+    clock = FakeClock()
+    consecutive = build_breaker(OfferSettings(), clock=clock)
+    assert await run_calls(consecutive, pattern, clock, step=0.01) == 0
+    clock = FakeClock()
+    assert await run_calls(rate_breaker(clock), pattern, clock, step=0.01) >= 1
+
+
+async def test_slow_successes_alone_open_the_rate_policy() -> None:
+    clock = FakeClock()
+    breaker = rate_breaker(
+        clock, circuit_window=100.0, circuit_slow_call_seconds=3.0, circuit_slow_call_rate=0.8
+    )
+
+    async def slow_ok() -> str:
+        clock.advance(3.5)  # a 200 after three and a half seconds
+        return "hot"
+
+    for _ in range(20):
+        assert await breaker.call(slow_ok) == "hot"
+    assert breaker.state == "open"
+    assert breaker.fail_counter == 0
+
+
+async def test_calls_just_under_the_slow_threshold_are_not_slow() -> None:
+    clock = FakeClock()
+    breaker = rate_breaker(
+        clock, circuit_window=100.0, circuit_slow_call_seconds=3.0, circuit_slow_call_rate=0.8
+    )
+
+    async def almost_slow() -> str:
+        clock.advance(2.9)
+        return "hot"
+
+    for _ in range(25):
+        await breaker.call(almost_slow)
+    window = breaker.snapshot()["window"]
+    assert breaker.state == "closed" and window["slow_calls"] == 0 and window["calls"] == 25
+
+
+async def test_the_window_starts_again_after_the_circuit_closes() -> None:
+    clock = FakeClock()
+    breaker = rate_breaker(clock)
+    for _ in range(20):
+        await outcome(breaker, fail)
+    assert breaker.state == "open"
+    clock.advance(RESET_TIMEOUT)
+    assert await breaker.call(ok) == "hot"
+    assert breaker.state == "closed"
+    assert breaker.snapshot()["window"]["calls"] == 0
+    await outcome(breaker, fail)
+    assert breaker.state == "closed"  # one failure in a fresh window, under min_calls
+
+
+async def test_half_open_needs_every_one_of_its_calls_to_succeed() -> None:
+    clock = FakeClock()
+    breaker = rate_breaker(clock, circuit_half_open_calls=3)
+    for _ in range(20):
+        await outcome(breaker, fail)
+    clock.advance(RESET_TIMEOUT)
+    assert await breaker.call(ok) == "hot"
+    assert await breaker.call(ok) == "hot"
+    assert breaker.state == "half-open"
+    assert await outcome(breaker, fail) == "failure"
+    assert breaker.state == "open"  # the third trial failed: open again
+    clock.advance(RESET_TIMEOUT)
+    for _ in range(3):
+        assert await breaker.call(ok) == "hot"
+    assert breaker.state == "closed"
+
+
+async def test_half_open_calls_go_one_at_a_time() -> None:
+    clock = FakeClock()
+    breaker = build_breaker(OfferSettings(circuit_half_open_calls=2), clock=clock)
+    breaker.trip()
+    clock.advance(15.0)
+    trial = await breaker.admit()
+    with pytest.raises(NotPermitted, match="trial-in-flight"):
+        await breaker.admit()
+    trial.success()
+    second = await breaker.admit()
+    assert second.is_trial
+    second.success()
+    assert breaker.state == "closed"
+
+
+# Retry-After, in both policies.
+
+
+def partner_busy(seconds: float) -> Callable[[], Awaitable[str]]:
+    async def call() -> str:
+        raise PartnerFailure("partner-status-503", retry_after=seconds)
+
+    return call
+
+
+@pytest.mark.parametrize("policy", ["consecutive", "rate"])
+async def test_a_retry_after_opens_the_circuit_for_at_least_that_long(policy: str) -> None:
+    clock = FakeClock()
+    breaker = build_breaker(OfferSettings(circuit_policy=policy, circuit_reset_timeout=15.0), clock=clock)
+    with pytest.raises(PartnerFailure):
+        await breaker.call(partner_busy(60))
+    assert breaker.state == "open"  # at the first failure, whatever the counts
+    assert breaker.seconds_until_trial() == pytest.approx(60)
+    clock.advance(59.5)
+    with pytest.raises(NotPermitted, match="circuit-open"):
+        await breaker.call(ok)
+    clock.advance(0.5)
+    assert await breaker.call(ok) == "hot"
+
+
+async def test_a_retry_after_shorter_than_the_reset_timeout_keeps_the_reset_timeout() -> None:
+    clock = FakeClock()
+    breaker = build_breaker(OfferSettings(circuit_reset_timeout=15.0), clock=clock)
+    with pytest.raises(PartnerFailure):
+        await breaker.call(partner_busy(2))
+    assert breaker.seconds_until_trial() == pytest.approx(15)
+
+
+async def test_a_retry_after_is_capped_and_can_be_ignored() -> None:
+    clock = FakeClock()
+    capped = build_breaker(OfferSettings(circuit_retry_after_max=120), clock=clock)
+    with pytest.raises(PartnerFailure):
+        await capped.call(partner_busy(86400))
+    assert capped.seconds_until_trial() == pytest.approx(120)
+    ignoring = build_breaker(OfferSettings(circuit_retry_after_max=0), clock=FakeClock())
+    with pytest.raises(PartnerFailure):
+        await ignoring.call(partner_busy(60))
+    assert ignoring.state == "closed" and ignoring.fail_counter == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("120", 120.0),
+        ("0", 0.0),
+        (format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True), 90.0),
+        (format_datetime(datetime.now(UTC) - timedelta(seconds=90), usegmt=True), 0.0),
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("-5", None),
+        ("1.5", None),
+        ("Wed, 21 Oct 2015 07:28:00", None),  # no zone: not an HTTP date
+        ("9" * 100, None),
+    ],
+)
+def test_retry_after_is_read_as_seconds_or_an_http_date(header: str | None, seconds: float | None) -> None:
+    got = retry_after_seconds(header)
+    if seconds is None:
+        assert got is None
+    else:
+        assert got == pytest.approx(seconds, abs=2)
+
+
+# A fleet on a real Redis.
+
+
+async def test_two_instances_each_under_the_threshold_trip_the_fleet_together(fleet: Fleet) -> None:
+    settings = {**RATE, "circuit_min_calls": 20, "circuit_failure_rate": 0.5}
+    first, second = await fleet(**settings), await fleet(**settings)
+    for _ in range(8):  # 16 calls, 8 failures here: under min_calls alone
+        await outcome(first, fail)
+        await outcome(first, ok)
+    for _ in range(8):  # 8 calls, 8 failures there: under min_calls alone
+        await outcome(second, fail)
+    # Alone, neither has 20 calls; together 24 calls and 16 failures (67%).
+    assert first.policy is not None and first.policy.exceeded(first._window.counts()) is False  # type: ignore[union-attr]
+    await eventually(
+        lambda: first.state == "open" and second.state == "open", within=3, what="the fleet tripped"
+    )
+    window = second.snapshot()["window"]
+    assert window["calls"] == 0  # a new state starts a new window
+
+
+async def test_the_fleets_window_is_at_most_one_flush_behind(fleet: Fleet) -> None:
+    settings = {**RATE, "circuit_min_calls": 1000}
+    first, second = await fleet(**settings), await fleet(**settings)
+    for _ in range(30):
+        await outcome(first, ok)
+    await outcome(second, ok)  # second writes too, and so hears the fleet's totals
+    waited = await eventually(
+        lambda: (second.snapshot()["window"] or {}).get("calls") == 31,
+        within=3,
+        what="the fleet's total heard",
+    )
+    assert waited < 1.0, f"took {waited:.2f}s, more than a few flushes of {WINDOW_FLUSH_INTERVAL}s"
+
+
+async def test_the_fleet_trips_on_slow_calls_summed_across_instances(fleet: Fleet) -> None:
+    settings = {
+        **RATE,
+        "circuit_min_calls": 10,
+        "circuit_slow_call_seconds": 3.0,
+        "circuit_slow_call_rate": 0.8,
+    }
+    clocks = [FakeClock(), FakeClock()]
+    breakers = [await fleet(clock=clock, **settings) for clock in clocks]
+    for i in range(10):
+        clock = clocks[i % 2]
+
+        async def slow_ok(clock: FakeClock = clock) -> str:
+            clock.advance(4.0)
+            return "hot"
+
+        await breakers[i % 2].call(slow_ok)
+    await eventually(lambda: all(b.state == "open" for b in breakers), within=3, what="the fleet tripped")
+
+
+async def test_without_redis_an_instance_decides_on_its_own_window(
+    fleet: Fleet, redis_server: object
+) -> None:
+    breaker = await fleet(**RATE)
+    redis_server.stop()  # type: ignore[attr-defined]
+    await outcome(breaker, fail)  # the write fails: the instance carries on alone
+    await eventually(lambda: breaker.shared is not None and not breaker.shared.connected, within=5)
+    for _ in range(19):
+        await outcome(breaker, fail)
+    assert breaker.state == "open"
+
+
+async def test_a_retry_after_holds_the_whole_fleet_open(fleet: Fleet) -> None:
+    first, second = await fleet(circuit_reset_timeout=1.0), await fleet(circuit_reset_timeout=1.0)
+    with pytest.raises(PartnerFailure):
+        await first.call(partner_busy(30))
+    await eventually(lambda: second.state == "open", within=3, what="the hold heard")
+    await eventually(lambda: second.seconds_until_trial() > 20, within=3, what="the hold's length heard")
+    await asyncio.sleep(1.2)  # past the reset timeout: still no trial anywhere
+    for breaker in (first, second):
+        with pytest.raises(NotPermitted, match="circuit-open"):
+            await breaker.call(ok)
+
+
+def test_pybreaker_success_threshold_is_the_half_open_calls_setting() -> None:
+    breaker = build_breaker(OfferSettings(circuit_half_open_calls=4), clock=FakeClock())
+    assert isinstance(breaker.state_machine, pybreaker.CircuitBreaker)
+    assert breaker.state_machine.success_threshold == 4
