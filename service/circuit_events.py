@@ -44,6 +44,11 @@ class CircuitObserver(pybreaker.CircuitBreakerListener):
         self._fallbacks: dict[str, Any] = {}
         metrics.CIRCUIT_STATE.labels(breaker_name).set(0)
 
+    @property
+    def name(self) -> str:
+        """The `breaker` label of every series this observer sets."""
+        return self._name
+
     def state_change(
         self,
         cb: pybreaker.CircuitBreaker,

@@ -4,7 +4,7 @@
   it reads the circuit's event stream (`circuit_routes.py`).
 - `GET|PUT|DELETE /partner/chaos`: the partner's chaos controls, relayed so
   that the page talks to one origin only (admin to change them).
-- `GET /metrics`: Prometheus.
+- `GET /metrics`: Prometheus; the rate policy's window is read at each scrape.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from service import metrics
 from service.admin import ADMIN_RESPONSES, BODY_RESPONSES, AdminRoute
 from service.chaos import Chaos
 from service.chaos_relay import relay
+from service.circuit_routes import breaker_of, observer_of
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PAGE_HEADERS = {
@@ -56,7 +57,11 @@ async def delete_chaos(request: Request) -> Response:
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-async def prometheus() -> Response:
+async def prometheus(request: Request) -> Response:
+    # The window slides with time, not with calls: read it now, not when a call ended,
+    # or a quiet window would keep reporting the rates of its last busy second.
+    breaker, observer = breaker_of(request), observer_of(request)
+    metrics.observe_window(observer.name, breaker.window_counts())
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 from collections.abc import Iterator
@@ -71,7 +72,9 @@ def test_the_event_stream_carries_every_transition_in_order(offers: Service) -> 
 def metric(text: str, name: str, **labels: str) -> float:
     label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
     pattern = (
-        rf"^{re.escape(name)}{{{re.escape(label_text)}}} ([0-9.e+]+)$" if labels else rf"^{name} ([0-9.e+]+)$"
+        rf"^{re.escape(name)}{{{re.escape(label_text)}}} ([0-9.e+]+|NaN)$"
+        if labels
+        else rf"^{name} ([0-9.e+]+|NaN)$"
     )
     match = re.search(pattern, text, re.MULTILINE)
     assert match, f"{name} {labels} not in metrics"
@@ -97,6 +100,43 @@ def test_metrics_count_the_requests_sent(offers: Service) -> None:
         == 1
     )
     assert metric(text, "partner_request_duration_seconds_count") == 8
+    assert "circuit_breaker_failure_rate{" not in text  # the consecutive policy has no window
+
+
+def test_metrics_give_the_rate_policy_s_window(partner: Service, tmp_path: Path) -> None:
+    # A minimum no test reaches: the circuit stays closed and every call stays in the window.
+    env = {
+        "PARTNER_OFFER_URL": partner.url,
+        "CIRCUIT_POLICY": "rate",
+        "CIRCUIT_WINDOW": "60",
+        "CIRCUIT_MIN_CALLS": "1000",
+        "CIRCUIT_SLOW_CALL_SECONDS": "0.2",
+    }
+    breaker = {"breaker": "partner-offer"}
+    with uvicorn_service("offer_service:app", env=env, log_dir=tmp_path) as offers:
+        text = offers.get("/metrics").text
+        assert math.isnan(metric(text, "circuit_breaker_failure_rate", **breaker))  # no calls: no rate
+        assert math.isnan(metric(text, "circuit_breaker_slow_call_rate", **breaker))
+        assert metric(text, "circuit_breaker_window_calls", **breaker) == 0
+
+        chaos(offers, "PUT", {"status_code": 500})
+        for _ in range(4):
+            offers.get("/offer")
+        text = offers.get("/metrics").text
+        assert metric(text, "circuit_breaker_failure_rate", **breaker) == 1.0
+        assert metric(text, "circuit_breaker_slow_call_rate", **breaker) == 0.0
+        assert metric(text, "circuit_breaker_window_calls", **breaker) == 4
+
+        chaos(offers, "PUT", {"latency": 0.3})  # answers 200, slowly
+        for _ in range(2):
+            offers.get("/offer")
+        chaos(offers, "DELETE")
+        for _ in range(2):
+            offers.get("/offer")
+        text = offers.get("/metrics").text
+        assert metric(text, "circuit_breaker_failure_rate", **breaker) == 0.5
+        assert metric(text, "circuit_breaker_slow_call_rate", **breaker) == 0.25
+        assert metric(text, "circuit_breaker_window_calls", **breaker) == 8
 
 
 def test_metrics_add_up_over_several_workers(editable_partner: EditablePartner) -> None:

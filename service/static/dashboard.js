@@ -30,16 +30,68 @@ function light(state) {
 
 function render(snapshot) {
   light(snapshot.current_state);
-  $("fail-counter").textContent = snapshot.fail_counter;
-  $("fail-max").textContent = snapshot.fail_max;
-  const filled = Math.min(1, snapshot.fail_counter / snapshot.fail_max);
-  $("fail-bar").style.width = `${filled * 100}%`;
+  renderPolicy(snapshot);
   $("storage").textContent = snapshot.storage;
   $("degraded").hidden = !snapshot.degraded;
   secondsUntilTrial = snapshot.seconds_until_trial;
   snapshotAt = performance.now();
   drawChart(snapshot.recent);
   renderTransitions(snapshot.transitions);
+}
+
+// What trips the circuit: fail_max failures in a row (consecutive), or a share of the
+// window's calls that failed or were slow (rate); each policy has its own part of the card.
+function renderPolicy(snapshot) {
+  const rated = snapshot.policy === "rate" && snapshot.window !== null;
+  $("consecutive").hidden = rated;
+  $("rates").hidden = !rated;
+  if (rated) renderRates(snapshot.window);
+  else renderFailCounter(snapshot);
+}
+
+function renderFailCounter(snapshot) {
+  $("policy").textContent = `policy: consecutive, ${snapshot.fail_max} failures in a row`;
+  $("trip-label").textContent = "fail_max failures";
+  $("fail-counter").textContent = snapshot.fail_counter;
+  $("fail-max").textContent = snapshot.fail_max;
+  const filled = Math.min(1, snapshot.fail_counter / snapshot.fail_max);
+  $("fail-bar").style.width = `${filled * 100}%`;
+}
+
+function renderRates(w) {
+  const seconds = formatSeconds(w.seconds);
+  $("policy").textContent = `policy: rate, over the last ${seconds}`;
+  $("trip-label").textContent = "a rate at its threshold";
+  // Below min_calls a rate of 100% (1 call, failed) trips nothing: the meters say so by greying.
+  const counting = w.calls >= w.min_calls;
+  rateMeter("failure-meter", w.failure_rate, w.failure_rate_threshold, counting);
+  rateMeter("slow-meter", w.slow_call_rate, w.slow_call_rate_threshold, counting);
+  $("failure-rate").textContent = `failure rate ${percent(w.failure_rate)} / ${percent(w.failure_rate_threshold)}`;
+  $("slow-call-rate").textContent =
+    `slow-call rate ${percent(w.slow_call_rate)} / ${percent(w.slow_call_rate_threshold)}` +
+    ` (calls of ${formatSeconds(w.slow_call_seconds)} or more)`;
+  const calls = `${w.calls} ${w.calls === 1 ? "call" : "calls"}`;
+  $("window-calls").textContent = `${calls} in the last ${seconds}, rates count from ${w.min_calls}`;
+}
+
+// Widths through the CSSOM: the CSP forbids style attributes in markup, not element.style.
+function rateMeter(id, rate, threshold, counting) {
+  const meter = $(id);
+  meter.querySelector(".fill").style.width = `${Math.min(1, rate ?? 0) * 100}%`;
+  meter.querySelector(".threshold").style.left = `${threshold * 100}%`;
+  meter.classList.toggle("idle", !counting);
+  meter.classList.toggle("over", counting && rate !== null && rate >= threshold);
+}
+
+// Rounded down to a tenth of a percent, so that a rate just under its threshold (0.4996)
+// never reads as the threshold itself (50%) while the circuit stays closed. null: no calls.
+function percent(share) {
+  if (share === null) return "–";
+  return `${Math.floor(share * 1000 + 1e-9) / 10}%`;
+}
+
+function formatSeconds(seconds) {
+  return `${Number(seconds.toFixed(2))} s`;
 }
 
 function tickCountdown() {
