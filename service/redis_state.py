@@ -3,7 +3,8 @@
 pybreaker's own `CircuitRedisStorage` asks Redis on every call (two blocking
 round trips per guarded call, measured at ~200 us each on a local Redis) and
 lets every process in half-open state call the partner. This storage keeps
-pybreaker as the state machine and changes where the state lives:
+pybreaker as the state machine and changes where the state lives; it is the
+`SharedState` that `circuit_breaker.AsyncCircuitBreaker` takes:
 
 - **A local view.** pybreaker reads state and fail counter from memory, so a
   request in a closed or open circuit never touches Redis.
@@ -26,6 +27,14 @@ pybreaker as the state machine and changes where the state lives:
   clocks never meet, so skew between hosts changes nothing; the error is the
   one-way delay of the message (milliseconds), and always errs on the side of
   staying open a little longer.
+- **The rate policy's window, fleet-wide.** Calls are counted locally and
+  added to the fleet's buckets (ten per window, on Redis's clock) every
+  `WINDOW_FLUSH_INTERVAL`, as one more entry of the batch; the script sums
+  the window and trips the circuit on the fleet's rates, atomically. The
+  fleet's totals are at most one flush interval and a round trip behind.
+- **Retry-After for the fleet.** A `hold` entry opens the circuit (whatever
+  its version) and stretches the open period to at least that long; every
+  snapshot carries it, so no instance lets a trial through before.
 - **A record that can vanish.** A flush, an eviction, a `DEL` or a failover to
   a replica that missed writes leaves Redis with no circuit, or an older one.
   An instance notices within one refresh and seeds Redis from its own view:
@@ -593,6 +602,9 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         """Write what is left, then end the background work: within STOP_TIMEOUT whatever
         the Redis client does with the cancellation of its tasks."""
         self._stopping = True
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush_window()  # the calls counted since the last flush go with what is left
         self._wake.set()  # the writer sends what is left, then returns
         started = time.monotonic()
         tasks = {t for t in (self._supervisor, *self._pending) if t is not None and not t.done()}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.processes import run_script
+from tools.processes import redis_server_binary, run_script
 
 
 @pytest.mark.timeout(300)  # a few service starts per case and round, on a machine that may be busy
@@ -15,16 +15,36 @@ def test_bench_smoke_run_writes_results(tmp_path: Path) -> None:
     result = run_script("tools/bench/run.py", "--smoke", "--out", str(tmp_path), timeout=280)
     assert result.returncode == 0, result.stderr
     markdown = (tmp_path / "results.md").read_text()
-    for row in (
+    rows = [
         "| healthy partner | this project, memory state |",
         "| circuit open | this project, memory state |",
         "| partner slow | this project, memory state |",
+        "| healthy partner | this project, rate policy, memory state |",
+        "| circuit open | this project, rate policy, memory state |",
         "| this project, memory state |",  # the micro-benchmark
+        "| this project, rate policy, memory state |",
         "| aiobreaker |",
-    ):
+        "| memory state |",  # the micro-benchmark's rate / consecutive ratios
+    ]
+    # Naive, memory state, rate policy with memory state, fallback only; with a redis-server,
+    # the rate policy with Redis state and the consecutive one it is compared with.
+    cases = 4
+    if redis_server_binary():
+        rows += [
+            "| circuit open | this project, rate policy, Redis state |",
+            "| circuit open | this project, Redis state |",
+            "| this project, rate policy, Redis state |",
+        ]
+        cases += 2
+    for row in rows:
         assert row in markdown
     # Every round of every case measured, and each target judged with its range.
-    assert len(re.findall(r"^  round 2 healthy partner", result.stderr, re.MULTILINE)) == 3
-    verdicts = re.findall(r"^\| open: memory state >= 0\.8x .* \| (\w+) \|$", markdown, re.MULTILINE)
-    assert verdicts and verdicts[0] in ("met", "MISSED", "inconclusive")
+    assert len(re.findall(r"^  round 2 healthy partner", result.stderr, re.MULTILINE)) == cases
+    for target in (
+        r"open: memory state >= 0\.8x ",
+        r"open: rate policy >= 0\.95x the consecutive policy's .*, memory state",
+        r"breaker cost per call, rate policy <= 1\.2x the consecutive policy's, memory state, in time",
+    ):
+        verdicts = re.findall(rf"^\| {target}.* \| (\w+) \|$", markdown, re.MULTILINE)
+        assert verdicts and verdicts[0] in ("met", "MISSED", "inconclusive"), target
     assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")

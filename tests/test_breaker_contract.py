@@ -537,6 +537,8 @@ async def test_the_snapshot_of_a_closed_circuit() -> None:
         "trial_in_flight": False,
         "storage": "memory",
         "degraded": False,
+        "policy": "consecutive",
+        "window": None,
     }
 
 

@@ -91,6 +91,7 @@ async def test_a_healthy_partner_gives_a_hot_offer(partner: Partner) -> None:
     assert response.status_code == 200
     assert response.json() == "Hot offer 12:34"
     assert response.headers["x-offer-source"] == "partner"
+    assert response.headers["x-call-outcome"] == "success"
     assert response.headers["x-circuit-state"] == "closed"
     assert "x-fallback-reason" not in response.headers
 
@@ -98,9 +99,12 @@ async def test_a_healthy_partner_gives_a_hot_offer(partner: Partner) -> None:
 async def test_three_failures_open_the_circuit_and_the_partner_is_called_no_more(partner: Partner) -> None:
     partner.status = 500
     async with offer_service(partner) as client:
-        reasons = [(await client.get("/offer")).headers["x-fallback-reason"] for _ in range(6)]
+        answers = [await client.get("/offer") for _ in range(6)]
         circuit = (await client.get("/offer/circuit")).json()
-    assert reasons == ["partner-status-500"] * 3 + ["circuit-open"] * 3
+    assert [a.headers["x-fallback-reason"] for a in answers] == ["partner-status-500"] * 3 + [
+        "circuit-open"
+    ] * 3
+    assert [a.headers["x-call-outcome"] for a in answers] == ["failure"] * 3 + ["not-permitted"] * 3
     assert partner.calls == 3
     assert circuit["current_state"] == "open"
     assert circuit["fail_counter"] == 3
@@ -113,6 +117,7 @@ async def test_a_4xx_is_a_fallback_that_never_opens_the_circuit(partner: Partner
         answers = [await client.get("/offer") for _ in range(10)]
         circuit = (await client.get("/offer/circuit")).json()
     assert {a.headers["x-fallback-reason"] for a in answers} == {"partner-status-404"}
+    assert {a.headers["x-call-outcome"] for a in answers} == {"ignored"}
     assert (circuit["current_state"], circuit["fail_counter"]) == ("closed", 0)
 
 
@@ -147,6 +152,33 @@ async def test_every_bad_answer_is_a_counted_failure_and_a_fallback(
     assert response.json().startswith("Cold offer fallback ")
     assert response.headers["x-fallback-reason"] == reason
     assert circuit["fail_counter"] == 1
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_retry_after_opens_the_circuit_for_that_long(partner: Partner, status: int) -> None:
+    partner.status, partner.body = status, b"busy"
+    partner.headers = {"content-type": "text/plain", "retry-after": "120"}
+    async with offer_service(partner, circuit_reset_timeout=15) as client:
+        first, second = await client.get("/offer"), await client.get("/offer")
+        circuit = (await client.get("/offer/circuit")).json()
+    assert (first.headers["x-call-outcome"], second.headers["x-call-outcome"]) == ("failure", "not-permitted")
+    assert circuit["current_state"] == "open" and 110 < circuit["seconds_until_trial"] <= 120
+    assert partner.calls == 1
+
+
+async def test_the_rate_policy_shows_its_window(partner: Partner) -> None:
+    partner.status = 500
+    async with offer_service(
+        partner, circuit_policy="rate", circuit_min_calls=4, circuit_failure_rate=0.5
+    ) as client:
+        answers = [await client.get("/offer") for _ in range(3)]
+        closed = (await client.get("/offer/circuit")).json()
+        await client.get("/offer")
+        opened = (await client.get("/offer/circuit")).json()
+    assert [a.headers["x-call-outcome"] for a in answers] == ["failure"] * 3  # under min_calls: no trip
+    assert closed["policy"] == "rate" and closed["current_state"] == "closed"
+    assert closed["window"]["calls"] == 3 and closed["window"]["failure_rate"] == 1.0
+    assert opened["current_state"] == "open"
 
 
 async def test_a_gzipped_hot_offer_is_read(partner: Partner) -> None:
@@ -199,6 +231,8 @@ async def test_health_metrics_and_the_circuits_keys(partner: Partner) -> None:
         "trial_in_flight",
         "storage",
         "degraded",
+        "policy",
+        "window",
     }
 
 

@@ -38,6 +38,22 @@ BAD_OFFER_SETTINGS = [
     ("CIRCUIT_RESET_TIMEOUT", "-inf", "a number > 0 and <= 86400"),
     ("CIRCUIT_RESET_TIMEOUT", "NaN", "a number > 0 and <= 86400"),
     ("CIRCUIT_RESET_TIMEOUT", "1e15", "a number > 0 and <= 86400"),
+    ("CIRCUIT_POLICY", "sliding", "consecutive (CIRCUIT_FAIL_MAX failures in a row) or rate"),
+    ("CIRCUIT_WINDOW", "0", "from 0.1 to 86400"),
+    ("CIRCUIT_WINDOW", "nan", "from 0.1 to 86400"),
+    ("CIRCUIT_MIN_CALLS", "0", "a whole number from 1 to 1000000"),
+    ("CIRCUIT_MIN_CALLS", "ten", "a whole number from 1 to 1000000"),
+    ("CIRCUIT_FAILURE_RATE", "0", "a number > 0 and <= 1"),
+    ("CIRCUIT_FAILURE_RATE", "50", "a number > 0 and <= 1"),
+    ("CIRCUIT_FAILURE_RATE", "50%", "a number > 0 and <= 1"),
+    ("CIRCUIT_SLOW_CALL_SECONDS", "0", "a number > 0 and <= 86400"),
+    ("CIRCUIT_SLOW_CALL_SECONDS", "inf", "a number > 0 and <= 86400"),
+    ("CIRCUIT_SLOW_CALL_RATE", "1.5", "a number > 0 and <= 1"),
+    ("CIRCUIT_SLOW_CALL_RATE", "-0.1", "a number > 0 and <= 1"),
+    ("CIRCUIT_HALF_OPEN_CALLS", "0", "1 to 1000"),
+    ("CIRCUIT_HALF_OPEN_CALLS", "1001", "1 to 1000"),
+    ("CIRCUIT_RETRY_AFTER_MAX", "-1", "from 0 (ignore them) to 86400"),
+    ("CIRCUIT_RETRY_AFTER_MAX", "forever", "from 0 (ignore them) to 86400"),
     ("REDIS_URL", "redis://127.0.0.1:99999/0", "(invalid port number)"),
     ("REDIS_URL", "redis://red is:6379/0", "(invalid domain character)"),
     ("REDIS_URL", "localhost:6379", "a redis:// URL"),
@@ -91,6 +107,8 @@ def test_defaults_are_the_walkthroughs(monkeypatch: pytest.MonkeyPatch) -> None:
         "PARTNER_TIMEOUT",
         "CIRCUIT_FAIL_MAX",
         "CIRCUIT_RESET_TIMEOUT",
+        "CIRCUIT_POLICY",
+        "CIRCUIT_HALF_OPEN_CALLS",
         "REDIS_URL",
         "HOST",
         "PORT",
@@ -102,6 +120,7 @@ def test_defaults_are_the_walkthroughs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (offer.host, offer.port, offer.partner_offer_url) == ("127.0.0.1", 8001, "http://127.0.0.1:8000")
     assert (offer.circuit_fail_max, offer.circuit_reset_timeout, offer.partner_timeout) == (3, 15, 2)
     assert offer.redis_url is None
+    assert (offer.circuit_policy, offer.circuit_half_open_calls) == ("consecutive", 1)
     assert settings.load(PartnerSettings).port == 8000
 
 

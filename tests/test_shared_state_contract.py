@@ -114,14 +114,15 @@ async def open_for_a_trial(fleet: Fleet, redis_client: redis.Redis, **settings: 
 # What a snapshot from Redis says
 
 
-def test_a_snapshot_reads_state_count_age_in_seconds_version_existence_and_seq() -> None:
-    fields = [b"open", b"2", b"1500", b"7", b"1", b"9", b"3", b"15000"]  # as _INIT returns it
-    assert Shared.parse(fields) == Shared("open", 2, 1.5, 7, True, 9)
+def test_a_snapshot_reads_state_count_age_in_seconds_version_existence_seq_and_hold() -> None:
+    fields = [b"open", b"2", b"1500", b"7", b"1", b"9", b"60000", b"3", b"15000"]  # as _INIT returns it
+    assert Shared.parse(fields) == Shared("open", 2, 1.5, 7, True, 9, 60.0)
 
 
 def test_a_snapshot_of_a_circuit_that_never_opened_has_no_age_and_may_not_exist() -> None:
-    assert Shared.parse([b"closed", b"0", b"", b"0", b"0", b"0"]) == Shared("closed", 0, None, 0, False, 0)
-    assert Shared.parse(["half-open", 3, "250", 4, 1, 5]) == Shared("half-open", 3, 0.25, 4, True, 5)
+    closed = [b"closed", b"0", b"", b"0", b"0", b"0", b"0"]
+    assert Shared.parse(closed) == Shared("closed", 0, None, 0, False, 0, 0.0)
+    assert Shared.parse(["half-open", 3, "250", 4, 1, 5, 0]) == Shared("half-open", 3, 0.25, 4, True, 5, 0.0)
 
 
 # A client that fails fast
@@ -1044,7 +1045,7 @@ async def test_a_snapshot_saying_the_record_is_gone_is_checked_before_anything_i
     await eventually(lambda: settled(breaker), what="started")
     await eventually(lambda: subscribed(redis_client), what="listening")
     version = redis_client.hget(CIRCUIT, "version")
-    assert redis_client.publish(CHANNEL, "closed,0,,0,0,0") == 1  # a snapshot of no record at all
+    assert redis_client.publish(CHANNEL, "closed,0,,0,0,0,0") == 1  # a snapshot of no record at all
     await asyncio.sleep(0.3)
     assert state_log(caplog) == []  # read again, found whole: nothing seeded
     assert redis_client.hget(CIRCUIT, "version") == version
@@ -1068,11 +1069,11 @@ async def test_a_snapshot_older_than_one_already_heard_is_ignored_and_one_as_new
     )
     await eventually(lambda: subscribed(redis_client), what="listening")
     assert (
-        redis_client.publish(CHANNEL, f"closed,7,,{version},1,{seq - 1}") == 1
+        redis_client.publish(CHANNEL, f"closed,7,,{version},1,{seq - 1},0") == 1
     )  # made before the last change
     await asyncio.sleep(0.2)
     assert breaker.fail_counter == 2
-    redis_client.publish(CHANNEL, f"closed,7,,{version},1,{seq}")  # as new as the last one heard
+    redis_client.publish(CHANNEL, f"closed,7,,{version},1,{seq},0")  # as new as the last one heard
     await eventually(lambda: breaker.fail_counter == 7, what="the snapshot taken")
 
 

@@ -1,11 +1,16 @@
-"""The walkthrough, driven for you: healthy, broken, open, half-open, healed, closed.
+"""The walkthrough, driven for you: healthy, broken, open, half-open, healed, closed; then partial failures.
 
     python tools/scenario.py          # against running services (make demo), or its own if none run
     python tools/scenario.py --start  # always start its own services, on free ports
+    python tools/scenario.py --story walkthrough   # or --story partial: one part only
 
-It prints one line per request (what came back, the circuit's state and
-fail counter, the latency) and a summary of what the story should show. It
-exits 1 if any of it did not happen, so it doubles as a smoke test.
+The walkthrough prints one line per request (what came back, the circuit's
+state and fail counter, the latency). The partial failures
+(tools/partial_failures.py) always start their own partner and two offer
+services, one per circuit policy, and put them under steady load while the
+partner fails 20% of calls, then 70%, then turns slow; they print a few
+lines of figures per step. A summary of what the story should show comes
+last. It exits 1 if any of it did not happen, so it doubles as a smoke test.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tools import partial_failures
 from tools.processes import uvicorn_service
 
 DEMO_PARTNER, DEMO_OFFERS = "http://127.0.0.1:8000", "http://127.0.0.1:8001"
@@ -36,15 +42,42 @@ def paint(text: str, kind: str) -> str:
 
 
 @dataclass
-class Story:
-    offers: str
-    partner: str
-    client: httpx.Client
+class Report:
+    """The story's steps and checks: printed as they come, summed up at the end."""
+
     started: float = field(default_factory=time.monotonic)
     checks: list[tuple[str, bool]] = field(default_factory=list)
 
     def step(self, title: str) -> None:
         print(paint(f"\n== {title}", "step"))
+
+    def check(self, what: str, ok: bool) -> None:
+        self.checks.append((what, ok))
+
+    def summary(self) -> bool:
+        self.step("Summary")
+        for what, ok in self.checks:
+            print(f"  {paint('ok  ', 'ok') if ok else paint('FAIL', 'fail')} {what}")
+        passed = sum(ok for _, ok in self.checks)
+        print(
+            f"\nthe story: {passed} of {len(self.checks)} checks as expected, in {time.monotonic() - self.started:.1f} s"
+        )
+        return passed == len(self.checks)
+
+
+@dataclass
+class Story:
+    offers: str
+    partner: str
+    client: httpx.Client
+    report: Report = field(default_factory=Report)
+
+    @property
+    def started(self) -> float:
+        return self.report.started
+
+    def step(self, title: str) -> None:
+        self.report.step(title)
 
     def admin(self, method: str, path: str, body: dict[str, object] | None = None) -> None:
         token = os.environ.get("ADMIN_TOKEN")
@@ -81,7 +114,7 @@ class Story:
         return kind
 
     def check(self, what: str, ok: bool) -> None:
-        self.checks.append((what, ok))
+        self.report.check(what, ok)
 
     def wait_for_trial(self) -> None:
         seconds = float(str(self.circuit()["seconds_until_trial"] or 0))
@@ -89,7 +122,7 @@ class Story:
         time.sleep(seconds + 0.05)
 
 
-def tell(story: Story) -> bool:
+def tell(story: Story) -> None:
     story.admin("DELETE", "/partner/chaos")
     story.admin("POST", "/offer/circuit/reset")
     fail_max = int(str(story.circuit()["fail_max"]))
@@ -123,14 +156,6 @@ def tell(story: Story) -> bool:
     story.check("the circuit is closed", story.circuit()["current_state"] == "closed")
     story.check("hot offers again", story.offer() == "hot")
 
-    story.step("Summary")
-    for what, ok in story.checks:
-        print(f"  {paint('ok  ', 'ok') if ok else paint('FAIL', 'fail')} {what}")
-    passed = sum(ok for _, ok in story.checks)
-    print(
-        f"\nthe story: {passed} of {len(story.checks)} checks as expected, in {time.monotonic() - story.started:.1f} s"
-    )
-    return passed == len(story.checks)
 
 
 def running(url: str, client: httpx.Client) -> bool:
@@ -144,12 +169,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--start", action="store_true", help="start its own services even if the demo runs")
+    parser.add_argument(
+        "--start", action="store_true", help="start the walkthrough's own services even if the demo runs"
+    )
+    parser.add_argument(
+        "--story",
+        choices=("walkthrough", "partial", "all"),
+        default="all",
+        help="the walkthrough, the partial failures (always on their own services), or both (default)",
+    )
     args = parser.parse_args(argv)
+    report = Report()
+    if args.story in ("walkthrough", "all"):
+        walkthrough(report, args.start)
+    if args.story in ("partial", "all"):
+        partial_failures.tell(report)
+    return 0 if report.summary() else 1
+
+
+def walkthrough(report: Report, start: bool) -> None:
     with ExitStack() as stack:
         client = stack.enter_context(httpx.Client(timeout=10))
         offers, partner = DEMO_OFFERS, DEMO_PARTNER
-        if args.start or not (running(offers, client) and running(partner, client)):
+        if start or not (running(offers, client) and running(partner, client)):
             print(f"starting a partner and an offer service (CIRCUIT_RESET_TIMEOUT={OWN_RESET_TIMEOUT})")
             partner_service = stack.enter_context(uvicorn_service("partner_offer_service:app"))
             env = {"PARTNER_OFFER_URL": partner_service.url, "CIRCUIT_RESET_TIMEOUT": OWN_RESET_TIMEOUT}
@@ -159,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             print(f"using the running services: {offers} and {partner}")
-        return 0 if tell(Story(offers, partner, client)) else 1
+        tell(Story(offers, partner, client, report))
 
 
 if __name__ == "__main__":

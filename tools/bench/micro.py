@@ -1,10 +1,21 @@
 """Cost per guarded async call: this project's breaker beside pybreaker and peer libraries.
 
-    python tools/bench/micro.py [--repeats 7] [--redis-url redis://127.0.0.1:6379/15] [--no-instructions]
+    python tools/bench/micro.py [--repeats 7] [--redis-url redis://127.0.0.1:6379/15]
+        [--rate-redis-url redis://127.0.0.1:6380/0] [--no-instructions]
 
 Every breaker guards the same trivial coroutine in a closed circuit; the
 coroutine awaited bare is measured too and subtracted, so each number is what
 the breaker itself adds to one call.
+
+This project's breaker is measured under both its policies: `consecutive`
+(CIRCUIT_FAIL_MAX failures in a row, the default) and `rate` (failure and
+slow-call rates over a window), each with memory state and with Redis state,
+and the rate policy's cost is also given as a ratio to the consecutive one's:
+per repeat in time (the two run one after the other), and in instructions.
+With Redis state the rate policy adds each call to a local count, which joins
+the fleet's window in Redis every 200 ms in the background; none of the timed
+calls yields to the event loop, so that flush is not in these figures (the
+service benchmark, `run.py`, has it in its CPU per request).
 
 Two measures. Time, in microseconds: each repeat times the bare coroutine and
 then every breaker, one after the other, and the figure is the median over the
@@ -13,7 +24,10 @@ Instructions, counted by `valgrind --tool=callgrind` (when installed) over the s
 a child process: the same on a busy machine as on an idle one, so the figure
 to judge a change of the bookkeeping by. Without `--redis-url` the Redis
 storages get a throwaway redis-server of their own, so no circuit left open
-by anyone else is found.
+by anyone else is found; the rate policy's Redis state gets another one
+(`--rate-redis-url`): both policies use the same circuit name, and one Redis
+shared by two breakers with different settings is a misconfiguration the
+storage warns about.
 """
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ import purgatory
 import pybreaker
 import redis
 
+from circuit_breaker import AsyncCircuitBreaker
 from offer_service import build_breaker
 from service.redis_state import SharedCircuitState, connect_cluster_aware
 from service.settings import OfferSettings
@@ -51,6 +66,13 @@ from tools.processes import RedisServer, redis_server_binary
 
 GuardedCall = Callable[[], Awaitable[object]]
 BARE = "bare coroutine"
+MEMORY = "this project, memory state"
+REDIS = "this project, Redis state"
+RATE_MEMORY = "this project, rate policy, memory state"
+RATE_REDIS = "this project, rate policy, Redis state"
+# Each rate-policy row and the consecutive-policy row it is compared with.
+RATE_PAIRS = ((RATE_MEMORY, MEMORY), (RATE_REDIS, REDIS))
+PYBREAKER_REDIS = "pybreaker, CircuitRedisStorage"
 # Calls counted per breaker under callgrind (about 50 times slower than without).
 COUNTED_CALLS = 2_000
 # The child marks the start and end of every breaker's calls with this call: callgrind
@@ -67,6 +89,19 @@ class MicroResult:
     name: str
     microseconds: Spread  # per guarded call, over the repeats
     instructions: float | None = None  # per guarded call, under callgrind
+    repeats: tuple[float, ...] = ()  # microseconds per guarded call, one per repeat, in order
+
+
+def ratio(results: list[MicroResult], name: str, reference: str) -> tuple[Spread | None, float | None]:
+    """`name`'s cost per call over `reference`'s: in time, one ratio per repeat (the two
+    timed one after the other, so a slow moment slows both); and in instructions."""
+    by_name = {r.name: r for r in results}
+    a, b = by_name.get(name), by_name.get(reference)
+    if a is None or b is None:
+        return None, None
+    in_time = Spread.of(x / y for x, y in zip(a.repeats, b.repeats, strict=False) if y > 0)
+    counted = a.instructions / b.instructions if a.instructions and b.instructions else None
+    return in_time, counted
 
 
 @dataclass(frozen=True)
@@ -91,31 +126,49 @@ def _pybreaker_call(breaker: pybreaker.CircuitBreaker) -> GuardedCall:
     return call
 
 
+async def _started(stack: AsyncExitStack, settings: OfferSettings, redis_url: str) -> AsyncCircuitBreaker:
+    """This project's breaker with its state in the Redis at `redis_url`, kept in step until `stack` ends."""
+    breaker = build_breaker(settings, await connect_cluster_aware(redis_url))
+    shared = breaker.shared
+    assert isinstance(shared, SharedCircuitState)
+    await shared.start()
+    stack.push_async_callback(shared.stop)
+    # Let its background work begin, as it has in a service by the first request: stopped
+    # before it ever ran, it would leave the last window counts unwritten, and say so.
+    await asyncio.sleep(0.1)
+    return breaker
+
+
 @asynccontextmanager
-async def candidates(redis_url: str | None) -> AsyncIterator[dict[str, Candidate]]:
-    """Every breaker ready to guard `trivial`, the bare coroutine first; stopped on exit."""
+async def candidates(
+    redis_url: str | None, rate_redis_url: str | None = None
+) -> AsyncIterator[dict[str, Candidate]]:
+    """Every breaker ready to guard `trivial`, the bare coroutine first; stopped on exit.
+    Each rate-policy row comes right after its consecutive-policy row: timed seconds apart."""
     settings = OfferSettings(circuit_fail_max=3, circuit_reset_timeout=15)
-    ours = build_breaker(settings)
+    # The rate policy with its defaults: a 10 s window, 20 calls at least, half of them failed.
+    rate_settings = OfferSettings(circuit_policy="rate", circuit_reset_timeout=15)
+    ours, ours_rate = build_breaker(settings), build_breaker(rate_settings)
     calls = {
         BARE: Candidate(trivial, 100_000),
-        "this project, memory state": Candidate(lambda: ours.call(trivial), 50_000),
+        MEMORY: Candidate(lambda: ours.call(trivial), 50_000),
+        RATE_MEMORY: Candidate(lambda: ours_rate.call(trivial), 50_000),
         "pybreaker, CircuitMemoryStorage": Candidate(
             _pybreaker_call(pybreaker.CircuitBreaker(fail_max=3)), 50_000
         ),
     }
     async with AsyncExitStack() as stack:
         if redis_url:
-            ours_redis = build_breaker(settings, await connect_cluster_aware(redis_url))
-            shared = ours_redis.shared
-            assert isinstance(shared, SharedCircuitState)
-            await shared.start()
-            stack.push_async_callback(shared.stop)
+            ours_redis = await _started(stack, settings, redis_url)
+            calls[REDIS] = Candidate(lambda: ours_redis.call(trivial), 50_000)
+            if rate_redis_url:
+                ours_rate_redis = await _started(stack, rate_settings, rate_redis_url)
+                calls[RATE_REDIS] = Candidate(lambda: ours_rate_redis.call(trivial), 50_000)
             client = redis.Redis.from_url(redis_url)
             stack.callback(client.close)
             namespace = f"micro-{uuid.uuid4().hex[:8]}"
             storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace=namespace)
-            calls["this project, Redis state"] = Candidate(lambda: ours_redis.call(trivial), 50_000)
-            calls["pybreaker, CircuitRedisStorage"] = Candidate(
+            calls[PYBREAKER_REDIS] = Candidate(
                 _pybreaker_call(pybreaker.CircuitBreaker(fail_max=3, state_storage=storage)), 2_000
             )
 
@@ -139,13 +192,15 @@ async def candidates(redis_url: str | None) -> AsyncIterator[dict[str, Candidate
         yield calls
 
 
-async def timings(redis_url: str | None, repeats: int, scale: float) -> dict[str, list[float]]:
+async def timings(
+    redis_url: str | None, repeats: int, scale: float, rate_redis_url: str | None = None
+) -> dict[str, list[float]]:
     """Microseconds each breaker adds to a call, one figure per repeat.
 
     The bare coroutine is timed in every repeat and subtracted from that
     repeat's figures, so a repeat slowed down by the rest of the machine is
     slowed down on both sides of the subtraction."""
-    async with candidates(redis_url) as calls:
+    async with candidates(redis_url, rate_redis_url) as calls:
         for candidate in calls.values():  # warm up: first calls, caches
             await per_call(candidate.call, min(candidate.iterations, 1000))
         added: dict[str, list[float]] = {name: [] for name in calls if name != BARE}
@@ -158,9 +213,9 @@ async def timings(redis_url: str | None, repeats: int, scale: float) -> dict[str
         return added
 
 
-async def count_in_child(redis_url: str | None, calls_each: int) -> None:
+async def count_in_child(redis_url: str | None, calls_each: int, rate_redis_url: str | None = None) -> None:
     """Run under callgrind: every breaker's calls between two markers, after a warm-up."""
-    async with candidates(redis_url) as calls:
+    async with candidates(redis_url, rate_redis_url) as calls:
         for candidate in calls.values():
             await per_call(candidate.call, 200)
         gc.collect()
@@ -172,7 +227,9 @@ async def count_in_child(redis_url: str | None, calls_each: int) -> None:
         print(json.dumps(list(calls)), flush=True)
 
 
-def instructions(redis_url: str | None, calls_each: int = COUNTED_CALLS) -> tuple[dict[str, float], str]:
+def instructions(
+    redis_url: str | None, calls_each: int = COUNTED_CALLS, rate_redis_url: str | None = None
+) -> tuple[dict[str, float], str]:
     """Instructions each breaker adds to a call, counted by callgrind; and a note when not counted."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
@@ -190,6 +247,8 @@ def instructions(redis_url: str | None, calls_each: int = COUNTED_CALLS) -> tupl
         ]
         if redis_url:
             args += ["--redis-url", redis_url]
+        if rate_redis_url:
+            args += ["--rate-redis-url", rate_redis_url]
         # A fixed hash seed: the same dict layouts, so the same counts from one run to the next.
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         child = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
@@ -207,7 +266,7 @@ def instructions(redis_url: str | None, calls_each: int = COUNTED_CALLS) -> tupl
     result = {}
     for name, count in per_phase.items():
         assert count is not None
-        made = calls_each if name != "pybreaker, CircuitRedisStorage" else calls_each // 10
+        made = calls_each if name != PYBREAKER_REDIS else calls_each // 10
         result[name] = max(0.0, count / made - bare / calls_each)
     return result, ""
 
@@ -222,16 +281,25 @@ def _total(dump: Path) -> int | None:
 
 
 async def run(
-    redis_url: str | None, repeats: int = 7, quick: bool = False, count_instructions: bool = True
+    redis_url: str | None,
+    repeats: int = 7,
+    quick: bool = False,
+    count_instructions: bool = True,
+    rate_redis_url: str | None = None,
 ) -> tuple[list[MicroResult], str]:
     """Every breaker's cost per call; and a note on what was not measured."""
-    added = await timings(redis_url, repeats=2 if quick else repeats, scale=0.02 if quick else 1.0)
-    counted, note = instructions(redis_url) if count_instructions else ({}, "")
+    added = await timings(
+        redis_url,
+        repeats=2 if quick else repeats,
+        scale=0.02 if quick else 1.0,
+        rate_redis_url=rate_redis_url,
+    )
+    counted, note = instructions(redis_url, rate_redis_url=rate_redis_url) if count_instructions else ({}, "")
     results = []
     for name, samples in added.items():
         spread = Spread.of(samples)
         assert spread is not None
-        results.append(MicroResult(name, spread, counted.get(name)))
+        results.append(MicroResult(name, spread, counted.get(name), tuple(samples)))
     return results, note
 
 
@@ -246,6 +314,24 @@ def table(results: list[MicroResult]) -> str:
         counted = f"{r.instructions:,.0f}" if r.instructions is not None else ""
         lines.append(f"| {r.name} | {r.microseconds.format(1)} | {counted} |")
     return "\n".join(lines)
+
+
+def ratio_table(results: list[MicroResult]) -> str:
+    """The rate policy's cost per call over the consecutive policy's, memory and Redis state."""
+    lines = [
+        "| state | rate / consecutive, in time: median (interquartile range) of the repeats "
+        "| rate / consecutive, in instructions (callgrind) |",
+        "|---|---:|---:|",
+    ]
+    for rate, consecutive in RATE_PAIRS:
+        in_time, counted = ratio(results, rate, consecutive)
+        if in_time is None and counted is None:
+            continue
+        state = rate.rsplit(", ", 1)[1]
+        time_cell = in_time.format(2, "x") if in_time else ""
+        count_cell = f"{counted:.2f}x" if counted is not None else ""
+        lines.append(f"| {state} | {time_cell} | {count_cell} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def throwaway_redis(stack: ExitStack) -> str | None:
@@ -265,16 +351,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=7, help="timed runs of every breaker (default 7)")
     parser.add_argument("--redis-url", default=None, help="a Redis to measure the Redis storages against")
+    parser.add_argument(
+        "--rate-redis-url",
+        default=None,
+        help="another Redis, for the rate policy's Redis state (default: a throwaway redis-server)",
+    )
     parser.add_argument("--no-instructions", action="store_true", help="skip the count under callgrind")
     parser.add_argument("--count-in-child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.count_in_child:
-        asyncio.run(count_in_child(args.redis_url, args.count_in_child))
+        asyncio.run(count_in_child(args.redis_url, args.count_in_child, args.rate_redis_url))
         return 0
     with ExitStack() as stack:
         redis_url = args.redis_url or throwaway_redis(stack)
-        results, note = asyncio.run(run(redis_url, args.repeats, count_instructions=not args.no_instructions))
+        rate_redis_url = args.rate_redis_url or throwaway_redis(stack)
+        results, note = asyncio.run(
+            run(
+                redis_url,
+                args.repeats,
+                count_instructions=not args.no_instructions,
+                rate_redis_url=rate_redis_url,
+            )
+        )
     print(table(results))
+    ratios = ratio_table(results)
+    if ratios:
+        print(f"\n{ratios}")
     if note:
         print(f"\n{note}", file=sys.stderr)
     return 0

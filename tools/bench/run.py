@@ -25,11 +25,21 @@ raw aiohttp proxy, with nothing changed but the other load. So:
 Scenarios:
 - healthy partner: the partner answers at once; ceiling: a raw aiohttp proxy.
 - circuit open: nothing listens at the partner's address; five requests trip
-  the circuit, then the load runs; ceiling: an endpoint that only returns the
-  fallback.
+  the circuit (this project's cases are then asked, through /offer/circuit,
+  whether it is open: a case left closed stops the run), then the load runs;
+  ceiling: an endpoint that only returns the fallback.
 - partner slow: the partner takes longer than PARTNER_TIMEOUT from the first
   request; what counts is how long until answers are fast again. Every round
   starts the cases afresh, circuit closed.
+
+This project's service runs under both circuit policies: `consecutive` (the
+default: CIRCUIT_FAIL_MAX failures in a row) and `rate` (failure and slow-call
+rates over CIRCUIT_WINDOW seconds), each with memory state and with Redis
+state. The rate-policy cases run with CIRCUIT_MIN_CALLS=5, so that the five
+failed requests of the circuit-open scenario trip them as they trip the
+consecutive policy (all five failed: a failure rate of 1); a healthy partner
+never fails, so the setting changes nothing there. Each is judged round by
+round against the consecutive policy with the same state.
 
 Every case starts clean: each case with Redis state gets a redis-server of its
 own (a Redis database per case would not do: pub/sub channels span the
@@ -67,7 +77,15 @@ sys.path.insert(0, str(PROJECT_DIR))
 from tools.bench import micro
 from tools.bench.load import has_wrk, run_load, run_timeline
 from tools.bench.spread import Spread
-from tools.processes import RedisServer, Service, delay_proxy, free_port, redis_server_binary, uvicorn_service
+from tools.processes import (
+    RedisServer,
+    Service,
+    delay_proxy,
+    free_port,
+    redis_server_binary,
+    uvicorn_service,
+    wait_for,
+)
 
 QUIET = {"LOG_LEVEL": "warning", "HTTPX_LOG_LEVEL": "warning"}
 HEALTHY, OPEN, SLOW = "healthy partner", "circuit open", "partner slow"
@@ -82,10 +100,17 @@ MEMORY = "this project, memory state"
 REDIS = "this project, Redis state"
 REDIS_FAR = "this project, Redis state, Redis +2 ms each way"
 REDIS_DELAY = 0.002
+RATE_MEMORY = micro.RATE_MEMORY  # "this project, rate policy, memory state"
+RATE_REDIS = micro.RATE_REDIS  # "this project, rate policy, Redis state"
 PROXY = "raw aiohttp proxy, no breaker"
 FALLBACK = "fallback only, no partner call"
 CEILING = {HEALTHY: PROXY, OPEN: FALLBACK}
 OTHER_PYTHONS = ("3.12", "3.13")
+OURS = "offer_service:app"
+# Failed requests that open the circuit in the circuit-open scenario: enough for
+# CIRCUIT_FAIL_MAX (3) in a row, and the rate policy's minimum of calls below.
+TRIP_REQUESTS = 5
+RATE_POLICY = (("CIRCUIT_POLICY", "rate"), ("CIRCUIT_MIN_CALLS", str(TRIP_REQUESTS)))
 
 
 @dataclass(frozen=True)
@@ -97,6 +122,9 @@ class Case:
     python: str = sys.executable
     path: str = "/offer"
     in_smoke: bool = False
+    env: tuple[tuple[str, str], ...] = ()  # settings of its own, beside the bench's
+    # The cases a target compares it with: measured whenever it is, whatever --only and --smoke say.
+    compared_with: tuple[str, ...] = ()
 
 
 CASES = [
@@ -104,9 +132,21 @@ CASES = [
     Case(NAIVE, "tools.bench.baselines:naive_app", in_smoke=True),
     Case("naive async: async + AsyncClient per request", "tools.bench.baselines:naive_async_app"),
     Case("shared httpx.AsyncClient, default transport", "tools.bench.baselines:shared_httpx_app"),
-    Case(MEMORY, "offer_service:app", in_smoke=True),
-    Case(REDIS, "offer_service:app", redis_delay=0.0),
-    Case(REDIS_FAR, "offer_service:app", scenarios=(HEALTHY, OPEN), redis_delay=REDIS_DELAY),
+    Case(MEMORY, OURS, in_smoke=True),
+    Case(REDIS, OURS, redis_delay=0.0, compared_with=(MEMORY,)),
+    Case(REDIS_FAR, OURS, scenarios=(HEALTHY, OPEN), redis_delay=REDIS_DELAY, compared_with=(REDIS,)),
+    Case(
+        RATE_MEMORY, OURS, scenarios=(HEALTHY, OPEN), in_smoke=True, env=RATE_POLICY, compared_with=(MEMORY,)
+    ),
+    Case(
+        RATE_REDIS,
+        OURS,
+        scenarios=(HEALTHY, OPEN),
+        redis_delay=0.0,
+        in_smoke=True,
+        env=RATE_POLICY,
+        compared_with=(REDIS,),
+    ),
     Case(PROXY, "tools.bench.baselines:aiohttp_proxy_app"),
     Case(FALLBACK, "tools.bench.baselines:fallback_app", scenarios=(HEALTHY, OPEN), in_smoke=True),
 ]
@@ -128,7 +168,9 @@ def version_cases() -> list[Case]:
         python = PROJECT_DIR / f".venv-{version}" / "bin" / "python"
         if python.exists():
             name = f"{MEMORY}, Python {python_version(str(python))}"
-            found.append(Case(name, "offer_service:app", scenarios=(HEALTHY, OPEN), python=str(python)))
+            found.append(
+                Case(name, OURS, scenarios=(HEALTHY, OPEN), python=str(python), compared_with=(MEMORY,))
+            )
         else:
             print(
                 f"  skipped Python {version}: no .venv-{version} (make test-versions makes it)",
@@ -203,24 +245,33 @@ def run(options: Options, cases: list[Case]) -> list[Sample]:
 
 
 def _chosen(cases: list[Case], scenario: str, options: Options, redis_binary: str | None) -> list[Case]:
-    chosen = []
-    for case in cases:
-        if scenario not in case.scenarios or (options.smoke and not case.in_smoke):
+    """The cases of `scenario` that --smoke and --only leave, with the naive pattern, the
+    ceiling and every case one of them is compared with; in the order of `cases`."""
+    in_scenario = [case for case in cases if scenario in case.scenarios]
+    if options.only and not any(options.only in case.name for case in in_scenario):
+        return []  # nothing asked for here: no naive pattern and ceiling alone either
+    wanted = set()
+    for case in in_scenario:
+        if options.smoke and not case.in_smoke:
             continue
         if options.only and options.only not in case.name and case.name not in (NAIVE, CEILING.get(scenario)):
             continue
         if case.redis_delay is not None and redis_binary is None:
             print(f"  skipped {case.name}: no redis-server on PATH", file=sys.stderr)
             continue
-        chosen.append(case)
-    return chosen
+        wanted |= {case.name, *case.compared_with}
+    return [
+        case
+        for case in in_scenario
+        if case.name in wanted and (case.redis_delay is None or redis_binary is not None)
+    ]
 
 
 def _start(
     stack: ExitStack, case: Case, scenario: str, partner_url: str, redis_binary: str | None
 ) -> Service:
     """The case's process, and its own redis-server if it has Redis state: nothing left from another case."""
-    env = {**QUIET, "PARTNER_OFFER_URL": partner_url, "CIRCUIT_RESET_TIMEOUT": "3600"}
+    env = {**QUIET, "PARTNER_OFFER_URL": partner_url, "CIRCUIT_RESET_TIMEOUT": "3600", **dict(case.env)}
     if scenario == SLOW:
         env["PARTNER_TIMEOUT"] = str(SLOW_PARTNER_TIMEOUT)
     if case.redis_delay is not None:
@@ -240,9 +291,28 @@ def _start(
 def _prepare(scenario: str, case: Case, service: Service, options: Options) -> None:
     url = service.url + case.path
     if scenario == OPEN:
-        for _ in range(5):
+        for _ in range(TRIP_REQUESTS):
             httpx.get(url, timeout=10)
+        if case.app == OURS:
+            _wait_until_open(case, service)
     run_load(url, min(1.0, options.duration), options.connections)  # warm up: connections, caches
+
+
+def _wait_until_open(case: Case, service: Service, timeout: float = 5.0) -> None:
+    """The circuit-open scenario measures an open circuit, or nothing. With Redis state the
+    rate policy trips in Redis, when the calls counted here reach the fleet's window (every
+    200 ms): so wait for it, a little."""
+    try:
+        wait_for(
+            lambda: service.get("/offer/circuit").json()["current_state"] == "open",
+            timeout=timeout,
+            what="the circuit open",
+        )
+    except TimeoutError:
+        circuit = service.get("/offer/circuit").json()
+        raise RuntimeError(
+            f"{case.name}: the circuit is not open after {TRIP_REQUESTS} failed requests: {circuit}"
+        ) from None
 
 
 def _steady(scenario: str, case: Case, service: Service, round_: int, options: Options) -> Sample:
@@ -402,6 +472,16 @@ def targets(results: Results) -> list[Target]:
             results.efficiency(scenario, REDIS_FAR, REDIS),
             0.9,
         )
+    # The rate policy counts every call into a window; that should cost a request next to
+    # nothing. 0.95x: a difference that shows above the rounds' spread on this machine.
+    for scenario, short in ((HEALTHY, "healthy"), (OPEN, "open")):
+        for rate, consecutive in micro.RATE_PAIRS:
+            add(
+                f"{short}: rate policy >= 0.95x the consecutive policy's {per_cpu}, "
+                f"{rate.rsplit(', ', 1)[1]}",
+                results.efficiency(scenario, rate, consecutive),
+                0.95,
+            )
     return found
 
 
@@ -422,6 +502,27 @@ def micro_targets(found: list[micro.MicroResult]) -> list[Target]:
         assert ratio is not None
         description = "breaker cost per call, Redis state <= 1.1x memory state's, in instructions (callgrind)"
         targets.append(Target(description, ratio, "x", ratio.verdict(1.1, lower_is_better=True)))
+    # The rate policy does all the consecutive policy does (pybreaker still counts failures
+    # in a row) and adds one call to a window bucket: a dozen lines against the hundreds of
+    # the state machine's bookkeeping. 1.2x leaves room for that and for judging the window,
+    # but not for work that grows with the window (a sum over its buckets on every call).
+    # Judged in instructions, which a busy machine does not move; in time too, per repeat,
+    # so that a run without callgrind (--smoke, --no-instructions) says something.
+    rate_limit = 1.2
+    for rate, consecutive in micro.RATE_PAIRS:
+        in_time, counted = micro.ratio(found, rate, consecutive)
+        state = rate.rsplit(", ", 1)[1]
+        description = (
+            f"breaker cost per call, rate policy <= {rate_limit:g}x the consecutive policy's, {state}"
+        )
+        if counted is not None:
+            spread = Spread.of([counted])
+            assert spread is not None
+            verdict = spread.verdict(rate_limit, lower_is_better=True)
+            targets.append(Target(f"{description}, in instructions (callgrind)", spread, "x", verdict))
+        if in_time is not None:
+            verdict = in_time.verdict(rate_limit, lower_is_better=True)
+            targets.append(Target(f"{description}, in time", in_time, "x", verdict))
     return targets
 
 
@@ -580,7 +681,12 @@ def machine() -> str:
 
 
 def results_markdown(
-    results: Results, found: list[Target], micro_table: str, micro_note: str, setup: str, cases: list[Case]
+    results: Results,
+    found: list[Target],
+    micro_results: list[micro.MicroResult],
+    micro_note: str,
+    setup: str,
+    cases: list[Case],
 ) -> str:
     parts = [
         f"Measured on {machine()}; {setup}. Each figure: median (interquartile range) over the rounds.",
@@ -597,8 +703,11 @@ def results_markdown(
         parts.append(fastest_python(results, cases))
     parts += [
         "Cost per guarded call of a trivial coroutine, closed circuit (tools/bench/micro.py):",
-        micro_table + (f"\n\n{micro_note}" if micro_note else ""),
+        micro.table(micro_results) + (f"\n\n{micro_note}" if micro_note else ""),
     ]
+    ratios = micro.ratio_table(micro_results)
+    if ratios:
+        parts += ["The rate policy's cost per guarded call against the consecutive policy's:", ratios]
     return "\n\n".join(parts)
 
 
@@ -641,11 +750,13 @@ def main(argv: list[str] | None = None) -> int:
     results = Results(run(options, cases))
     with ExitStack() as stack:
         micro_redis = micro.throwaway_redis(stack)  # its own: no circuit left open by a service case
+        micro_rate_redis = micro.throwaway_redis(stack)  # and another for the rate policy's
         micro_results, micro_note = asyncio.run(
             micro.run(
                 micro_redis,
                 quick=options.smoke,
                 count_instructions=not (args.no_instructions or options.smoke),
+                rate_redis_url=micro_rate_redis,
             )
         )
     found = targets(results) + micro_targets(micro_results)
@@ -654,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         f"load: {tool}, {options.connections} connections; {options.rounds} interleaved rounds of "
         f"{options.duration:g} s per case ({options.slow_rounds} with the partner slow, each from a fresh start)"
     )
-    markdown = results_markdown(results, found, micro.table(micro_results), micro_note, setup, cases)
+    markdown = results_markdown(results, found, micro_results, micro_note, setup, cases)
     print(markdown)
 
     args.out.mkdir(parents=True, exist_ok=True)
