@@ -155,14 +155,13 @@ class RatePolicy:
     slow_call_seconds: float = 5.0
     slow_call_rate: float = 1.0
 
-    def exceeded(self, counts: WindowCounts) -> bool:
-        calls = counts.calls
+    def exceeded(self, calls: int, failures: int, slow: int) -> bool:
         return calls >= self.min_calls and (
-            counts.failures >= self.failure_rate * calls or counts.slow >= self.slow_call_rate * calls
+            failures >= self.failure_rate * calls or slow >= self.slow_call_rate * calls
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class WindowCounts:
     """Calls in a window, and how many of them failed or were slow."""
 
@@ -175,8 +174,9 @@ class WindowCounts:
 
 
 class CallWindow:
-    """The last `window` seconds of calls, as `BUCKETS` buckets on the breaker's clock: a
-    call costs an addition, and the window slides by dropping whole buckets."""
+    """The last `window` seconds of calls, as `BUCKETS` buckets on the breaker's clock. It
+    keeps running totals: a call costs a few additions, and the window slides by
+    subtracting whole buckets, never by summing them again."""
 
     BUCKETS = 10
 
@@ -184,32 +184,39 @@ class CallWindow:
         self._width = window / self.BUCKETS
         self._clock = clock
         self._buckets: deque[list[int]] = deque()  # [bucket number, calls, failures, slow]
+        self._totals = [0, 0, 0]  # calls, failures, slow over the buckets above
 
-    def record(self, failed: bool, slow: bool) -> None:
+    def record(self, failed: bool, slow: bool) -> list[int]:
+        """Count one call; the window's calls, failures and slow calls, this one included."""
         number = int(self._clock() // self._width)
-        if not self._buckets or self._buckets[-1][0] != number:
-            self._buckets.append([number, 0, 0, 0])
+        buckets = self._buckets
+        if not buckets or buckets[-1][0] != number:
+            buckets.append([number, 0, 0, 0])
             self._drop_before(number)
-        bucket = self._buckets[-1]
+        bucket, totals = buckets[-1], self._totals
         bucket[1] += 1
         bucket[2] += failed
         bucket[3] += slow
+        totals[0] += 1
+        totals[1] += failed
+        totals[2] += slow
+        return totals
 
     def counts(self) -> WindowCounts:
         self._drop_before(int(self._clock() // self._width))
-        counts = WindowCounts()
-        for _, calls, failures, slow in self._buckets:
-            counts.calls += calls
-            counts.failures += failures
-            counts.slow += slow
-        return counts
+        return WindowCounts(*self._totals)
 
     def clear(self) -> None:
         self._buckets.clear()
+        self._totals = [0, 0, 0]
 
     def _drop_before(self, number: int) -> None:
-        while self._buckets and self._buckets[0][0] <= number - self.BUCKETS:
-            self._buckets.popleft()
+        buckets, totals = self._buckets, self._totals
+        while buckets and buckets[0][0] <= number - self.BUCKETS:
+            _, calls, failures, slow = buckets.popleft()
+            totals[0] -= calls
+            totals[1] -= failures
+            totals[2] -= slow
 
 
 TrialVerdict = Literal["granted", "busy", "open", "closed"]
@@ -545,7 +552,6 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
     def _record(self, permit: Permit, error: BaseException | None) -> None:
         """Count one outcome against the generation that admitted it, or not at all."""
         machine, state = self.state_machine, permit.state
-        hand_back = False
         try:
             if not self._is_current(state, permit.generation):
                 log.debug("%s: ignoring an outcome from an earlier state", self.name)
@@ -560,18 +566,16 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
             retry_after = getattr(error, "retry_after", None) if failed else None
             if retry_after and self.max_retry_after > 0:
                 self._hold_open(min(float(retry_after), self.max_retry_after))
-            # A trial that succeeded short of pybreaker's `success_threshold`: the next may go.
-            hand_back = permit.is_trial and machine.state.name == pybreaker.STATE_HALF_OPEN
         finally:
-            self._free_trial(permit, hand_back)
+            self._free_trial(permit, hand_back=False)
 
     def _count_in_window(self, failed: bool, seconds: float) -> None:
         assert self._window is not None and self.policy is not None
         slow = seconds >= self.policy.slow_call_seconds
-        self._window.record(failed, slow)
+        calls, failures, slow_calls = self._window.record(failed, slow)
         if self.shared is not None and self.shared.connected:
             self.shared.add_to_window(failed, slow)  # the fleet's totals decide, in Redis
-        elif self.policy.exceeded(self._window.counts()):
+        elif self.policy.exceeded(calls, failures, slow_calls):
             self.state_machine.open()
 
     def _hold_open(self, seconds: float) -> None:

@@ -238,7 +238,8 @@ return reply
 """
 )
 
-# KEYS: circuit hash, trial lease. ARGV: channel, reset timeout ms, lease ms, owner.
+# KEYS: circuit hash, trial lease. ARGV: channel, reset timeout ms, lease ms, this grant's
+# token ("owner:n"), owner.
 _ACQUIRE_TRIAL = (
     _SNAPSHOT
     + """
@@ -249,13 +250,21 @@ local period = math.max(tonumber(ARGV[2]), tonumber(s[3] or '0'))
 if s[1] == 'open' and s[2] and now_ms() < tonumber(s[2]) + period then
   return {'open', unpack(snapshot())}
 end
-if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then return {'busy', unpack(snapshot())} end
+if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then
+  -- The lease's holder may take it again, with a new token, for its next trial when
+  -- half-open needs several: a late release of the earlier grant then deletes nothing.
+  local holder = redis.call('GET', KEYS[2])
+  if not holder or string.sub(holder, 1, #ARGV[5] + 1) ~= ARGV[5] .. ':' then
+    return {'busy', unpack(snapshot())}
+  end
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+end
 if s[1] == 'open' then transition('half-open'); publish() end
 return {'granted', unpack(snapshot())}
 """
 )
 
-# KEYS: circuit hash, trial lease. ARGV: channel, owner.
+# KEYS: circuit hash, trial lease. ARGV: channel, the grant's token.
 _RELEASE_TRIAL = (
     _SNAPSHOT
     + """
@@ -430,6 +439,8 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         self._next_base = 0  # the version the next write is based on
         self.generation = 0  # bumped whenever the state or its version changes
         self._busy_until: float | None = None  # another instance holds the trial lease
+        self._grants = 0  # leases asked for: each grant's token is "owner:n"
+        self._lease_token = ""
         self.on_change: Callable[[], object] = lambda: None
 
         self.connected = False
@@ -557,13 +568,15 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             return "granted"
         if self._busy_until is not None and self._clock() < self._busy_until:
             return "busy"
-        args: list[str | int] = [self._channel, self._reset_timeout_ms, self._lease_ms, self._owner]
+        self._grants += 1
+        token = f"{self._owner}:{self._grants}"
+        args: list[str | int] = [self._channel, self._reset_timeout_ms, self._lease_ms, token, self._owner]
         call = asyncio.ensure_future(self._acquire(keys=self._keys, args=args))
         try:
             reply = await shielded(call, cancel_inner=False)
         except asyncio.CancelledError:
             # The caller gave up: if Redis granted the lease anyway, hand it back.
-            call.add_done_callback(self._release_if_granted)
+            call.add_done_callback(lambda done: self._release_if_granted(done, token))
             raise
         except (RedisError, OSError) as exc:
             self._lose(exc)
@@ -575,16 +588,19 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         self._heard(Shared.parse(reply[1:]), "read")
         if verdict == "busy":
             self._busy_until = self._clock() + self._lease_ms / 1000
+        elif verdict == "granted":
+            self._lease_token = token
         return verdict  # type: ignore[no-any-return]
 
-    def release_trial(self) -> None:
+    def release_trial(self, token: str | None = None) -> None:
         """A trial that ended without an outcome (cancelled): let another caller try."""
         if self.connected:
-            self._background(self._release(keys=self._keys, args=[self._channel, self._owner]))
+            token = token or self._lease_token
+            self._background(self._release(keys=self._keys, args=[self._channel, token]))
 
-    def _release_if_granted(self, call: asyncio.Future[Any]) -> None:
+    def _release_if_granted(self, call: asyncio.Future[Any], token: str) -> None:
         if not call.cancelled() and call.exception() is None and call.result()[0] == b"granted":
-            self.release_trial()
+            self.release_trial(token)
 
     # Keeping the local view and Redis in step.
 

@@ -22,7 +22,7 @@ from circuit_breaker import (
 )
 from offer_service import build_breaker
 from service.partner_client import PartnerFailure, retry_after_seconds
-from service.redis_state import WINDOW_FLUSH_INTERVAL
+from service.redis_state import WINDOW_FLUSH_INTERVAL, SharedCircuitState
 from service.settings import OfferSettings
 from tests.breakers import eventually
 from tests.conftest import Fleet
@@ -116,7 +116,7 @@ def test_the_policy_trips_at_its_thresholds_once_min_calls_were_made(
     counts: WindowCounts, exceeded: bool
 ) -> None:
     policy = RatePolicy(window=10, min_calls=20, failure_rate=0.5, slow_call_seconds=3, slow_call_rate=1.0)
-    assert policy.exceeded(counts) is exceeded
+    assert policy.exceeded(counts.calls, counts.failures, counts.slow) is exceeded
 
 
 # The breaker in this process.
@@ -323,10 +323,16 @@ async def test_two_instances_each_under_the_threshold_trip_the_fleet_together(fl
     for _ in range(8):  # 16 calls, 8 failures here: under min_calls alone
         await outcome(first, fail)
         await outcome(first, ok)
+    shared = first.shared
+    assert isinstance(shared, SharedCircuitState)
+    await eventually(
+        lambda: not (shared._unsent.calls or shared._outbox or shared._in_flight),
+        what="first's calls written",
+    )
+    assert first.state == second.state == "closed"  # 16 calls in the fleet's window: under min_calls
     for _ in range(8):  # 8 calls, 8 failures there: under min_calls alone
         await outcome(second, fail)
-    # Alone, neither has 20 calls; together 24 calls and 16 failures (67%).
-    assert first.policy is not None and first.policy.exceeded(first._window.counts()) is False  # type: ignore[union-attr]
+    # Together 24 calls and 16 failures (67%): over both thresholds.
     await eventually(
         lambda: first.state == "open" and second.state == "open", within=3, what="the fleet tripped"
     )
@@ -339,13 +345,18 @@ async def test_the_fleets_window_is_at_most_one_flush_behind(fleet: Fleet) -> No
     first, second = await fleet(**settings), await fleet(**settings)
     for _ in range(30):
         await outcome(first, ok)
-    await outcome(second, ok)  # second writes too, and so hears the fleet's totals
-    waited = await eventually(
-        lambda: (second.snapshot()["window"] or {}).get("calls") == 31,
-        within=3,
-        what="the fleet's total heard",
-    )
-    assert waited < 1.0, f"took {waited:.2f}s, more than a few flushes of {WINDOW_FLUSH_INTERVAL}s"
+    shared = first.shared
+    assert isinstance(shared, SharedCircuitState) and shared._flush is not None
+    # The calls leave within one flush interval of the first of them, never later.
+    assert shared._flush.when() - asyncio.get_running_loop().time() <= WINDOW_FLUSH_INTERVAL
+    assert first.snapshot()["window"]["calls"] == 30  # its own calls count at once
+    # An instance hears the fleet's totals in the reply to its own write: second calls on.
+    made = 0
+    while second.snapshot()["window"]["calls"] != 30 + made:
+        assert made < 100, "the fleet's total not heard after 100 calls"
+        await outcome(second, ok)
+        made += 1
+        await asyncio.sleep(WINDOW_FLUSH_INTERVAL / 2)
 
 
 async def test_the_fleet_trips_on_slow_calls_summed_across_instances(fleet: Fleet) -> None:
@@ -396,3 +407,21 @@ def test_pybreaker_success_threshold_is_the_half_open_calls_setting() -> None:
     breaker = build_breaker(OfferSettings(circuit_half_open_calls=4), clock=FakeClock())
     assert isinstance(breaker.state_machine, pybreaker.CircuitBreaker)
     assert breaker.state_machine.success_threshold == 4
+
+
+async def test_a_fleet_closes_after_its_half_open_calls_succeed_one_at_a_time(fleet: Fleet) -> None:
+    first = await fleet(circuit_half_open_calls=2, circuit_reset_timeout=0.3)
+    second = await fleet(circuit_half_open_calls=2, circuit_reset_timeout=0.3)
+    first.trip()
+    await eventually(lambda: second.state == "open", within=3, what="the trip heard")
+    await eventually(lambda: first.seconds_until_trial() == 0, within=3, what="the reset timeout")
+    while True:  # Redis's clock decides: the first call it permits is the trial
+        try:
+            assert await first.call(ok) == "hot"
+            break
+        except NotPermitted:
+            await asyncio.sleep(0.01)
+    assert first.state == "half-open"  # one success of two
+    assert await first.call(ok) == "hot"  # the lease went back after the first: no wait
+    assert first.state == "closed"
+    await eventually(lambda: second.state == "closed", within=3, what="the close heard")
