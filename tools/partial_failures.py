@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -159,7 +160,9 @@ def opens_in_metrics(text: str, breaker: str = BREAKER) -> int:
     )
 
 
-async def admin(client: httpx.AsyncClient, method: str, url: str, body: dict[str, object] | None = None) -> None:
+async def admin(
+    client: httpx.AsyncClient, method: str, url: str, body: dict[str, object] | None = None
+) -> None:
     token = os.environ.get("ADMIN_TOKEN")  # the services inherit it: with it set, they ask for it
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     response = await client.request(method, url, json=body, headers=headers)
@@ -233,12 +236,12 @@ async def until(condition: Callable[[], Awaitable[T | None]], seconds: float) ->
 
 
 def shares(answers: list[Answer]) -> str:
-    """`1200 answers: 71% hot, 19% failed, 10% not permitted`."""
+    """`1200 answers: 71% hot, 19% failed, 10% not permitted, 2 cut-short`."""
     counts = Counter(answer.outcome for answer in answers)
     total = len(answers) or 1
     named = [("success", "hot"), ("failure", "failed"), ("not-permitted", "not permitted")]
     parts = [f"{counts.pop(outcome, 0) / total:.0%} {label}" for outcome, label in named]
-    parts += [f"{count / total:.0%} {outcome}" for outcome, count in counts.most_common()]
+    parts += [f"{count} {outcome}" for outcome, count in counts.most_common()]  # the rare others
     return f"{len(answers)} answers: {', '.join(parts)}"
 
 
@@ -270,10 +273,9 @@ class PartialStory:
         return window
 
     async def warm_up(self) -> None:
-        """A healthy partner until the rate window holds a window's worth of hot calls."""
+        """A healthy partner, until the rate window holds twice its minimum of hot calls."""
         self.report.step(
-            f"Partial failures: two offer services side by side, {RATE:g} requests/s to each, "
-            "one partner"
+            f"Partial failures: a partner and two offer services of their own, {RATE:g} requests/s to each"
         )
         print(
             f"        consecutive: opens at {FAIL_MAX} failures in a row. rate: opens at "
@@ -283,19 +285,22 @@ class PartialStory:
         )
         started = time.monotonic()
 
-        async def full() -> dict[str, Any] | None:
+        async def filled() -> dict[str, Any] | None:
             window = await self.rate_window()
-            return window if window["calls"] >= RATE * WINDOW * 0.75 and not window["failures"] else None
+            return window if window["calls"] >= 2 * MIN_CALLS and not window["failures"] else None
 
-        window = await until(full, WINDOW * 3)
-        hot = [a for side in self.sides for a in side.received_since(started) if a.outcome == "success"]
+        window = await until(filled, WINDOW * 3)
+        hot = {
+            side.name: sum(a.outcome == "success" for a in side.received_since(started))
+            for side in self.sides
+        }
         self.say(
-            f"a healthy partner: {len(hot)} hot answers; the rate window holds "
-            f"{window['calls'] if window else '?'} calls, none failed"
+            f"a healthy partner: {hot['consecutive']} hot answers from consecutive, {hot['rate']} from "
+            f"rate, whose window holds {window['calls'] if window else '?'} calls, none failed"
         )
         self.report.check(
             "partial failures: a healthy partner under load gives hot offers on both services",
-            window is not None and len(hot) > 0,
+            window is not None and all(hot.values()),
         )
 
     async def noise(self) -> None:
@@ -310,8 +315,8 @@ class PartialStory:
         failure_rates: list[float] = []
         while (now := time.monotonic()) < started + NOISE_PERIOD:
             window = await self.rate_window()
-            if window["calls"] >= MIN_CALLS and window["failure_rate"] is not None:
-                failure_rates.append(window["failure_rate"])
+            if now >= started + WINDOW and window["failure_rate"] is not None:
+                failure_rates.append(window["failure_rate"])  # a window's worth of noise in it
             await asyncio.sleep(min(0.25, max(0.0, started + NOISE_PERIOD - now)))
         after = await asyncio.gather(*(side.opens() for side in self.sides))
         period = time.monotonic() - started
@@ -322,16 +327,23 @@ class PartialStory:
                 f"{side.name:11} opened {opened[side.name]:2} times in {period:.1f} s = "
                 f"{per_minute:4.1f} opens/min; {shares(side.received_since(started))}"
             )
+        turned_away = [a for a in self.consecutive.received_since(started) if a.outcome == "not-permitted"]
+        print(
+            f"        consecutive turned away {len(turned_away)} requests, for a partner that answers "
+            f"{1 - NOISE:.0%} of calls"
+        )
         if failure_rates:
             print(
-                f"        the rate window's failure rate went from {min(failure_rates):.0%} to "
+                f"        the rate window's failure rate stayed between {min(failure_rates):.0%} and "
                 f"{max(failure_rates):.0%} (it opens at {FAILURE_RATE:.0%})"
             )
         self.report.check(
             f"{NOISE:.0%} failures at random: the consecutive circuit opens on the noise",
             opened["consecutive"] >= 1,
         )
-        self.report.check(f"{NOISE:.0%} failures at random: the rate circuit stays closed", opened["rate"] == 0)
+        self.report.check(
+            f"{NOISE:.0%} failures at random: the rate circuit stays closed", opened["rate"] == 0
+        )
 
     async def heavy(self) -> None:
         """Step 2: HEAVY of calls fail; the rate circuit opens within a window."""
@@ -346,11 +358,11 @@ class PartialStory:
         rate_open = await until(rate_opened, WINDOW + 5)
         consecutive_open = self.consecutive.first_open(changed)
         for side, answer in (("rate", rate_open), ("consecutive", consecutive_open)):
-            when = f"{answer.received - changed:.2f} s after the change" if answer else "did not open"
+            when = f"opened {answer.received - changed:.2f} s after the change" if answer else "did not open"
             self.say(f"{side:11} {when}")
         print(
-            f"        one window is {WINDOW:g} s: the failures had to outnumber the hot calls of the "
-            "window they slid into"
+            f"        one window is {WINDOW:g} s: the rate policy waits for failures to fill enough of it; "
+            f"consecutive for {FAIL_MAX} in a row"
         )
         self.report.check(
             f"{HEAVY:.0%} failures: the rate circuit opens within one window ({WINDOW:g} s)",
@@ -382,15 +394,12 @@ class PartialStory:
         looks: list[dict[str, Any]] = []  # the rate window, closed, once it holds a slow call
 
         async def rate_opened() -> Answer | None:
-            t = time.monotonic()
             circuit = await self.rate.circuit()
-            print("DEBUG poll", round(t - changed, 2), round(time.monotonic() - t, 3), len(asyncio.all_tasks()))
             if circuit["current_state"] == "closed" and circuit["window"]["slow_calls"]:
                 looks.append(circuit["window"])
             return self.rate.first_open(changed)
 
         rate_open = await until(rate_opened, SLOW_LATENCY + WINDOW + 5)
-        print("DEBUG rate_open found", time.monotonic() - changed)
         opened_at = rate_open.received if rate_open else time.monotonic()
 
         async def consecutive_slow() -> list[Answer] | None:
@@ -398,18 +407,21 @@ class PartialStory:
             return slow if len(slow) >= MIN_CALLS else None
 
         slow_answers = await until(consecutive_slow, SLOW_LATENCY + 5) or []
-        print("DEBUG slow found", time.monotonic() - changed)
         consecutive_opened = await self.consecutive.opens() - before
-        print("DEBUG opens", time.monotonic() - changed)
-        # Every call before the open: sent after the partner was healed, answered by then.
-        failed = [a for a in self.rate.received_since(healed, opened_at) if a.outcome == "failure"]
+        # Every call sent once the partner was healed and the circuit reset, answered before the open.
+        failed = [
+            a
+            for a in self.rate.received_since(healed, opened_at)
+            if a.sent >= healed and a.outcome == "failure"
+        ]
         cut_short = [a for a in self.rate.received_since(opened_at) if a.outcome == "cut-short"]
         if rate_open is None:
             self.say(f"rate        did not open in {time.monotonic() - changed:.1f} s")
         else:
+            reasons = f" ({', '.join(sorted({a.reason for a in failed}))})" if failed else ""
             self.say(
                 f"rate        opened {opened_at - changed:.2f} s after the change: "
-                f"{len(failed)} failed calls before the open"
+                f"{len(failed)} failed calls before the open{reasons}"
             )
             if looks:
                 last = looks[-1]
@@ -417,7 +429,9 @@ class PartialStory:
                     f"        its window, last seen closed: {last['calls']} calls, {last['slow_calls']} slow, "
                     f"{last['failures']} failed"
                 )
-            print(f"        {len(cut_short)} calls still waiting on the partner were cut short, answered at once")
+            print(
+                f"        {len(cut_short)} calls still waiting on the partner were cut short, answered at once"
+            )
         hot = sum(a.outcome == "success" for a in slow_answers)
         self.say(
             f"consecutive opened {consecutive_opened} times; {len(slow_answers)} slow answers, "
@@ -452,24 +466,32 @@ async def _tell(report: Report, partner: str, offers: Mapping[str, str]) -> None
             await story.chaos()
 
 
-def start(stack: ExitStack) -> tuple[Service, dict[str, Service]]:
-    """A partner and two offer services on free ports, started side by side, stopped by `stack`."""
-    partner = uvicorn_service("partner_offer_service:app", env={"PARTNER_LATENCY": "0", "LOG_LEVEL": "warning"})
+@dataclass(frozen=True)
+class Services:
+    partner: str
+    offers: dict[str, str]  # policy: URL
+
+
+def start(stack: ExitStack) -> Services:
+    """A partner and two offer services on free ports, started side by side, stopped by `stack`.
+
+    Stopped with SIGKILL: at the end they hold nothing but calls to a partner that
+    was slow, which a graceful stop would wait out."""
+    partner = uvicorn_service(
+        "partner_offer_service:app", env={"PARTNER_LATENCY": "0", "LOG_LEVEL": "warning"}
+    )
     offers = {
         policy: uvicorn_service("offer_service:app", env=offer_env(partner.url, policy))
         for policy in ("consecutive", "rate")
     }
     services = [partner, *offers.values()]
     for service in services:
-        stack.callback(service.stop)
+        stack.callback(service.stop, signal.SIGKILL)
     with ThreadPoolExecutor(len(services)) as pool:
         list(pool.map(Service.start, services))
-    return partner, offers
+    return Services(partner.url, {policy: service.url for policy, service in offers.items()})
 
 
-def tell(report: Report) -> None:
-    """The partial failures, with their own services; the checks go into `report`."""
-    print("\nstarting a partner and two offer services for the partial failures, on free ports")
-    with ExitStack() as stack:
-        partner, offers = start(stack)
-        asyncio.run(_tell(report, partner.url, {name: service.url for name, service in offers.items()}))
+def tell(report: Report, services: Services) -> None:
+    """The partial failures on `services` (from `start`); the checks go into `report`."""
+    asyncio.run(_tell(report, services.partner, services.offers))
