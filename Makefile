@@ -62,7 +62,7 @@ STRESS_TESTS ?= tests/test_circuit_breaker.py tests/test_redis_state.py tests/te
 stress: $(VENV)/.dev
 	$(BIN)/python tests/stress.py --runs $(RUNS) $(STRESS_TESTS)
 
-## scenario: drive the walkthrough against the running demo, or against its own services
+## scenario: drive the walkthrough against the running demo (or its own services), then the partial failures
 scenario: $(VENV)/.runtime
 	$(BIN)/python tools/scenario.py
 

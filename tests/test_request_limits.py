@@ -20,7 +20,7 @@ import httpx
 import psutil
 import pytest
 
-from service import dashboard, http_limits
+from service import circuit_routes, http_limits
 from service.circuit_events import MAX_EVENT_STREAMS, CircuitObserver
 from tools.processes import Service, copy_project, free_port, uvicorn_service, wait_for
 
@@ -243,11 +243,11 @@ async def test_a_stream_whose_client_stops_reading_is_dropped_and_frees_its_slot
 ) -> None:
     # In-process: a real socket takes minutes of snapshots to fill the kernel's buffers
     # before a send blocks; here the send blocks at once, as it then would.
-    monkeypatch.setattr(dashboard, "SEND_TIMEOUT", 0.5)
+    monkeypatch.setattr(circuit_routes, "SEND_TIMEOUT", 0.5)
     observer = CircuitObserver("test")
     queue = observer.subscribe()
     assert queue is not None
-    stream = dashboard.EventStream(observer.events(queue, dict), lambda: observer.unsubscribe(queue))
+    stream = circuit_routes.EventStream(observer.events(queue, dict), lambda: observer.unsubscribe(queue))
     never = asyncio.Event()
 
     async def receive() -> dict[str, str]:
