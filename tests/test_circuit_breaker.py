@@ -63,9 +63,9 @@ async def test_opens_after_fail_max_failures_and_then_rejects_without_calling() 
         calls += 1
         return "hot"
 
-    with pytest.raises(NotPermitted) as rejected:
+    with pytest.raises(NotPermitted) as refused:
         await breaker.call(counted)
-    assert rejected.value.reason == "circuit-open"
+    assert refused.value.reason == "circuit-open"
     assert calls == 0
 
 
@@ -78,7 +78,7 @@ async def test_success_resets_the_fail_counter() -> None:
     assert breaker.fail_counter == 0
 
 
-async def test_partner_rejection_is_excluded_and_never_opens_the_circuit() -> None:
+async def test_a_partner_4xx_is_ignored_and_never_opens_the_circuit() -> None:
     breaker = make_breaker()
     for _ in range(10):
         with pytest.raises(PartnerDeclined):

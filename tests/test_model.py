@@ -1,7 +1,7 @@
 """The breaker against a small reference model, driven by random step sequences.
 
 Hypothesis' stateful testing drives `AsyncCircuitBreaker` with successes,
-failures, the partner's 4xx (pybreaker-excluded: a success), this process's
+failures, the partner's 4xx (ignored: pybreaker counts it as a success), this process's
 own trouble (`not_counted`: nothing), slow calls that end after a transition,
 cancelled calls, clock moves and an operator's `trip` / `reset`;
 once on memory state, once on two or three instances sharing a real
