@@ -58,7 +58,8 @@ test-versions: $(foreach v,$(PYTHONS),.venv-$(v)/bin/python .venv-$(v)/.dev)
 
 ## stress: the breaker, shared-state and fleet tests RUNS times (20) beside two CPU-burning processes
 RUNS ?= 20
-STRESS_TESTS ?= tests/test_circuit_breaker.py tests/test_redis_state.py tests/test_fleet_state.py tests/test_fleet.py
+STRESS_TESTS ?= tests/test_circuit_breaker.py tests/test_redis_state.py tests/test_fleet_state.py tests/test_fleet.py \
+	tests/test_rate_policy.py
 stress: $(VENV)/.dev
 	$(BIN)/python tests/stress.py --runs $(RUNS) $(STRESS_TESTS)
 
