@@ -501,6 +501,10 @@ async def test_a_trial_that_failed_while_redis_was_out_of_reach_starts_a_new_ope
     b = await fleet(clock=clock)
     await trip(a)
     await eventually(lambda: b.state_name == "open", what="b open")
+    # a has heard the trip's last snapshot: none on its way re-bases the open period on
+    # the clock moved below.
+    seq = int(redis_client.hget(CIRCUIT, "seq") or 0)
+    await eventually(lambda: not shared(a)._writes_pending() and shared(a)._seq >= seq, what="a settled")
     reset_timeout_passed(redis_client, clock)
     # Only a loses Redis, long enough to make the trial alone; Redis never sees it half-open.
     monkeypatch.setattr(redis_state, "RECONNECT_INTERVAL", 1.0)
