@@ -132,7 +132,7 @@ def test_a_4xx_from_the_partner_serves_the_fallback_but_never_opens_the_circuit(
 @pytest.fixture
 def slow_partner(tmp_path: Path) -> Iterator[Service]:
     with uvicorn_service(
-        "partner_offer_service:app", env={"PARTNER_LATENCY": "0.3"}, log_dir=tmp_path
+        "partner_offer_service:app", env={"PARTNER_LATENCY": "0.6"}, log_dir=tmp_path
     ) as partner:
         yield partner
 
@@ -159,7 +159,7 @@ def test_concurrent_requests_do_not_serialize_through_the_breaker(
     slow_partner: Service, tmp_path: Path
 ) -> None:
     env = {"PARTNER_OFFER_URL": slow_partner.url}
-    concurrency, latency = 30, 0.3
+    concurrency, latency = 30, 0.6
     with uvicorn_service("offer_service:app", env=env, log_dir=tmp_path) as offers:
         offer(offers)  # warm up
         with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
@@ -167,8 +167,9 @@ def test_concurrent_requests_do_not_serialize_through_the_breaker(
             responses = list(pool.map(lambda _: offer(offers), range(concurrency)))
             elapsed = time.monotonic() - started
     assert all(response.headers["x-offer-source"] == "partner" for response in responses)
-    # Serialized, 30 calls of 0.3 s would take 9 s; concurrent, about 0.3 s, and a busy
-    # machine has taken 1.6 s. A third of the serialized time tells them apart.
+    # Serialized, 30 calls of 0.6 s would take 18 s; concurrent, about 0.6 s, and a machine
+    # with two CPU-burning neighbours has taken 3.5 s. A third of the serialized time tells
+    # them apart.
     assert elapsed < concurrency * latency / 3
 
 
