@@ -85,7 +85,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from circuit_breaker import RatePolicy, WindowCounts
+from circuit_breaker import RatePolicy, TrialVerdict, WindowCounts
 
 log = logging.getLogger("redis_state")
 
@@ -101,7 +101,6 @@ RECONNECT_INTERVAL = 0.5
 # during a long outage, and the oldest of those are stale by then anyway.
 MAX_OUTBOX = 64
 STOP_TIMEOUT = 2.0
-Trial = Literal["granted", "busy", "open", "closed"]
 Source = Literal["write", "read", "message", "seed"]
 COUNTS = ("failures", "reset-failures")  # outbox entries that count failures in a row
 NOT_TRANSITIONS = (*COUNTS, "window")  # the others are transitions
@@ -519,14 +518,13 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
 
     def hold_open(self, seconds: float) -> None:
         """A Retry-After: open now if not open, no trial for `seconds`; for the whole fleet."""
+        self._send("hold", int(seconds * 1000))
         if self._state != pybreaker.STATE_OPEN:
-            self._send("hold", int(seconds * 1000))
-            self._next_base += 1
+            self._next_base += 1  # the hold opens it: a transition, as Redis will count it
             self._opened_clock = self._clock()
             self._hold = seconds
             self._change(pybreaker.STATE_OPEN)
             return
-        self._send("hold", int(seconds * 1000))
         started = self._opened_clock if self._opened_clock is not None else self._clock()
         self._hold = max(self._hold, self._clock() - started + seconds)
 
@@ -561,7 +559,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
 
     # The fleet's half-open trial.
 
-    async def acquire_trial(self) -> Trial:
+    async def acquire_trial(self) -> TrialVerdict:
         """Ask Redis whether this caller may make the trial call; one round trip, only when
         the reset timeout has passed. Without Redis, the process decides alone."""
         if not self.connected:
