@@ -95,3 +95,9 @@ mutation: $(VENV)/.dev
 	rm -rf mutants
 	$(BIN)/mutmut run --max-children $(CHILDREN) $(MUTANTS)
 	@$(BIN)/mutmut results
+
+## screenshot: docs/dashboard.png (1366 px, the circuit open), docs/dashboard-phone.png and docs/dashboard-rate.png,
+## taken by the dashboard's tests in Chromium while they drive the page
+.PHONY: screenshot
+screenshot: $(VENV)/.dev
+	DASHBOARD_SCREENSHOT=$(CURDIR)/docs/dashboard.png $(BIN)/python -m pytest tests/test_dashboard.py -q

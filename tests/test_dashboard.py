@@ -1,8 +1,10 @@
-"""The dashboard in a real headless Chromium: break the partner, watch the circuit open, heal it."""
+"""The dashboard in a real headless Chromium: break the partner, watch the circuit open, heal it;
+read by someone who has never seen a circuit breaker, at desktop and at phone width."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tools.processes import Service, uvicorn_service
+from tools.processes import PROJECT_DIR, Service, uvicorn_service
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Without the network-quieting flags Chromium tries to reach Google's hosts at start.
@@ -24,6 +26,22 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TOKEN = "dashboard-test-token-0123456789"
+DESKTOP = {"width": 1366, "height": 900}
+PHONE = {"width": 390, "height": 844}
+# `make screenshot` sets this to docs/dashboard.png; the phone's and the rate policy's go beside it.
+SCREENSHOT = os.environ.get("DASHBOARD_SCREENSHOT")
+
+
+def screenshot(page: Any, suffix: str = "") -> None:
+    if SCREENSHOT:
+        page.screenshot(path=SCREENSHOT.replace(".png", f"{suffix}.png"), full_page=True)
+
+
+def quoted_labels(path: str, start: str, end: str) -> list[str]:
+    """The page's words a document quotes: every "..." in its dashboard section."""
+    text = (PROJECT_DIR / path).read_text()
+    quoted = re.findall(r'"([^"]+)"', text[text.index(start) : text.index(end)])
+    return [" ".join(label.split()) for label in quoted]
 
 
 @pytest.fixture(scope="module")
@@ -52,26 +70,54 @@ def test_break_the_partner_watch_the_circuit_open_then_heal_it(browser: Any, tmp
 
     partner, offers = services(tmp_path)
     try:
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page = browser.new_page(viewport=DESKTOP)
+        failed: list[str] = []
+        page.on("response", lambda response: response.ok or failed.append(response.url))
         page.goto(f"{offers.url}/")
         expect(page.get_by_test_id("state")).to_have_text("closed")
+        expect(page.locator("#state-line")).to_have_text(
+            "closed: the partner is called, and its failures are counted."
+        )
+        expect(page.get_by_test_id("fail-line")).to_have_text(
+            "0 of 3 failures in a row before the circuit opens"
+        )
+        expect(page.locator("#trip-label")).to_have_text("3 failures in a row")
+        expect(page.locator("#wait-label")).to_have_text("after 2 s:")
         expect(page.locator("#stream")).to_have_text("live")
         expect(page.get_by_test_id("policy")).to_have_text("policy: consecutive, 3 failures in a row")
         expect(page.locator("#rates")).to_be_hidden()
 
         page.click("#break")
         expect(page.locator("#message")).to_have_text("partner: 500")  # the page says when it took
+        expect(page.locator("#message")).to_have_class("ok")  # done: green, not alarm red
         page.fill("#count", "10")
         page.click("#fire")
         expect(page.get_by_test_id("state")).to_have_text("open", timeout=5000)
         expect(page.locator("#state-open")).to_have_class("state lit")
+        expect(page.locator("#state-line")).to_have_text(
+            "open: the partner is not called; everyone gets the cold offer."
+        )
         expect(page.get_by_test_id("countdown")).to_contain_text("next trial in")
-        expect(page.get_by_test_id("fired")).to_contain_text("10 sent: 0 hot, 10 cold")
+        # In the legend's words; the ten went out at once, so how many failed before it opened varies.
+        expect(page.get_by_test_id("fired")).to_have_text(
+            re.compile(r"^10 sent: 0 hot, \d+ cold, \d+ not permitted$")
+        )
+        expect(page.get_by_test_id("fired-why")).to_contain_text("the partner answered 500")
+        # "N of 3 before the circuit opens" is for a closed circuit; open, the count is explained.
+        expect(page.get_by_test_id("fail-line")).to_be_hidden()
+        expect(page.get_by_test_id("fail-note")).to_contain_text(
+            "The circuit opened at failure 3 in a row. Calls already on their way to the partner may fail"
+        )
         expect(page.locator("#transitions li")).to_have_count(1)
-        page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
-        if os.environ.get("DASHBOARD_SCREENSHOT"):
-            page.screenshot(path=os.environ["DASHBOARD_SCREENSHOT"], full_page=True)
+        assert_no_empty_column(page)
+        screenshot(page)
+        page.set_viewport_size(PHONE)
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        screenshot(page, "-phone")
+        page.set_viewport_size(DESKTOP)
 
+        page.click("#force-open")  # already open: answers 200, and the line says so
+        expect(page.locator("#message")).to_have_text("circuit: open")
         page.click("#heal")
         expect(page.locator("#message")).to_have_text("partner: 200")
         expect(page.get_by_test_id("countdown")).to_have_text("next request is the trial", timeout=5000)
@@ -79,9 +125,16 @@ def test_break_the_partner_watch_the_circuit_open_then_heal_it(browser: Any, tmp
         page.click("#fire")
         expect(page.get_by_test_id("state")).to_have_text("closed", timeout=5000)
         expect(page.locator("#state-closed")).to_have_class("state lit")
-
-        page.set_viewport_size({"width": 390, "height": 844})  # a phone
-        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        expect(page.get_by_test_id("fail-line")).to_be_visible()
+        page.click("#force-open")
+        expect(page.locator("#message")).to_have_text("circuit: open")
+        # A trial closes it: "circuit: open" would now be stale, and the line is cleared.
+        expect(page.get_by_test_id("countdown")).to_contain_text("next trial in")
+        expect(page.get_by_test_id("countdown")).to_have_text("next request is the trial", timeout=5000)
+        page.click("#fire")
+        expect(page.get_by_test_id("state")).to_have_text("closed", timeout=5000)
+        expect(page.locator("#message")).to_have_text("")
+        assert failed == [], f"requests that failed, the favicon's included: {failed}"
         page.close()
     finally:
         offers.stop()
@@ -113,7 +166,7 @@ def test_the_rate_policy_shows_its_rates_against_their_thresholds(browser: Any, 
     rate = {"CIRCUIT_POLICY": "rate", "CIRCUIT_WINDOW": "5", "CIRCUIT_MIN_CALLS": "20"}
     partner, offers = services(tmp_path, rate)
     try:
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page = browser.new_page(viewport=DESKTOP)
         console: list[str] = []
         page.on("console", lambda message: console.append(message.text))
         page.goto(f"{offers.url}/")
@@ -137,10 +190,7 @@ def test_the_rate_policy_shows_its_rates_against_their_thresholds(browser: Any, 
         expect(page.locator("#failure-meter")).to_have_class("meter idle")  # under 20 calls: grey
         width = page.eval_on_selector("#failure-meter .fill", "el => el.style.width")
         assert width == "50%"
-        if os.environ.get("DASHBOARD_SCREENSHOT"):
-            page.screenshot(
-                path=os.environ["DASHBOARD_SCREENSHOT"].replace(".png", "-rate.png"), full_page=True
-            )
+        screenshot(page, "-rate")
 
         # 12 + 8 = 20 calls, 14 of them failed: the rates count now, and 70% trips the circuit.
         fire(page, 8, "8 sent: 0 hot, 8 cold", break_partner=True)
@@ -166,3 +216,38 @@ def fire(page: Any, count: int, said: str, break_partner: bool) -> None:
     page.fill("#count", str(count))
     page.click("#fire")
     expect(page.get_by_test_id("fired")).to_contain_text(said)
+
+
+def assert_no_empty_column(page: Any) -> None:
+    """At desktop width the cards fill the page's width: no column of the grid left blank."""
+    boxes = page.eval_on_selector_all(
+        "main > .card",
+        "cards => cards.map(c => { const r = c.getBoundingClientRect(); return [r.left, r.right]; })",
+    )
+    main = page.eval_on_selector(
+        "main", "m => { const r = m.getBoundingClientRect(); return [r.left, r.right]; }"
+    )
+    rightmost = max(right for _, right in boxes)
+    assert main[1] - rightmost < 40, f"the cards end at {rightmost} px of a page {main[1]} px wide"
+    assert main[1] - main[0] > 0.9 * page.viewport_size["width"] - 40
+
+
+def test_the_labels_the_docs_quote_are_the_pages(browser: Any, tmp_path: Path) -> None:
+    """A button renamed on the page, or a label renamed in the README, fails here."""
+    quoted = {
+        *quoted_labels("README.md", "## The dashboard", "## Copying the breaker"),
+        *quoted_labels("README.pt-BR.md", "## O painel", "## Copiando o breaker"),
+        *quoted_labels("docs/operations.md", "## The dashboard", "## Chaos controls"),
+    }
+    assert {"Trip open", "Reset closed", "not permitted"} <= quoted
+    partner, offers = services(tmp_path, {"CIRCUIT_RESET_TIMEOUT": "15"})  # the docs' settings
+    try:
+        page = browser.new_page(viewport=DESKTOP)
+        page.goto(f"{offers.url}/")
+        words = " ".join(page.locator("main").inner_text().split())
+        missing = sorted(label for label in quoted if label not in words)
+        assert not missing, f"quoted in the docs, not on the page: {missing}"
+        page.close()
+    finally:
+        offers.stop()
+        partner.stop()

@@ -5,9 +5,26 @@ const $ = (id) => document.getElementById(id);
 const STATES = ["closed", "open", "half-open"];
 const COLORS = { hot: "#2e9d55", cold: "#e6a117", not_permitted: "#d64541" };
 
+// One plain sentence per state, for someone who has never seen a circuit breaker.
+const MEANINGS = {
+  closed: ": the partner is called, and its failures are counted.",
+  open: ": the partner is not called; everyone gets the cold offer.",
+  "half-open": ": one trial call tests the partner; everyone else gets the cold offer.",
+};
+// The fallback reasons the Fire summary can meet, in the legend's words.
+const REASONS = {
+  "circuit-open": "not permitted: the circuit is open",
+  "trial-in-flight": "not permitted, trial in flight: another request was the half-open trial call",
+  "cut-short": "cut short: waiting on the partner when the circuit opened, so ended at once",
+  "partner-timeout": "the partner took longer than PARTNER_TIMEOUT",
+  "partner-connection-error": "the partner could not be reached",
+  "local-resource-exhausted": "this service was out of connections; not counted against the partner",
+};
+
 let snapshotAt = 0;
 let secondsUntilTrial = null;
 let pendingAction = null;
+let currentState = null;
 
 function connect() {
   const stream = new EventSource("/offer/circuit/events");
@@ -26,6 +43,20 @@ function connect() {
 function light(state) {
   for (const name of STATES) $(`state-${name}`).classList.toggle("lit", name === state);
   $("state-text").textContent = state;
+  $("state-meaning").textContent = MEANINGS[state] ?? "";
+  // A message about the circuit ("circuit: open") is stale once the circuit moves on.
+  if (currentState !== null && state !== currentState && $("message").dataset.about === "circuit") {
+    say("", "info");
+  }
+  currentState = state;
+}
+
+// The status line, coloured by what it says: done (green), refused or failed (red), asked (grey).
+function say(text, kind, about = "") {
+  const message = $("message");
+  message.textContent = text;
+  message.className = kind;
+  message.dataset.about = about;
 }
 
 function render(snapshot) {
@@ -33,6 +64,7 @@ function render(snapshot) {
   renderPolicy(snapshot);
   $("storage").textContent = snapshot.storage;
   $("degraded").hidden = !snapshot.degraded;
+  $("wait-label").textContent = `after ${formatSeconds(snapshot.reset_timeout)}:`;
   secondsUntilTrial = snapshot.seconds_until_trial;
   snapshotAt = performance.now();
   drawChart(snapshot.recent);
@@ -50,12 +82,28 @@ function renderPolicy(snapshot) {
 }
 
 function renderFailCounter(snapshot) {
+  const failures = (n) => `${n} ${n === 1 ? "failure" : "failures"}`;
   $("policy").textContent = `policy: consecutive, ${snapshot.fail_max} failures in a row`;
-  $("trip-label").textContent = "fail_max failures";
+  $("trip-label").textContent = `${failures(snapshot.fail_max)} in a row`;
   $("fail-counter").textContent = snapshot.fail_counter;
   $("fail-max").textContent = snapshot.fail_max;
   const filled = Math.min(1, snapshot.fail_counter / snapshot.fail_max);
   $("fail-bar").style.width = `${filled * 100}%`;
+  // "N of 3 before the circuit opens" means something only while it is closed.
+  const closed = snapshot.current_state === "closed";
+  $("fail-line").hidden = !closed;
+  const note = $("fail-note");
+  note.hidden = closed;
+  if (closed) return;
+  // Concurrent calls can fail past fail_max: they were sent before the circuit opened.
+  const past =
+    snapshot.fail_counter > snapshot.fail_max
+      ? ` ${snapshot.fail_counter} of ${snapshot.fail_max}: a failed trial counts one more.`
+      : "";
+  note.textContent =
+    `The circuit opened at failure ${snapshot.fail_max} in a row.${past} Calls already on their way ` +
+    "to the partner may fail after that: they get the cold offer and are not counted. " +
+    "Counting starts again when the circuit closes.";
 }
 
 function renderRates(w) {
@@ -98,6 +146,7 @@ function tickCountdown() {
   const countdown = $("countdown");
   if (secondsUntilTrial === null) {
     countdown.hidden = true;
+    countdown.textContent = "";
   } else {
     const left = Math.max(0, secondsUntilTrial - (performance.now() - snapshotAt) / 1000);
     countdown.hidden = false;
@@ -115,6 +164,12 @@ function renderTransitions(transitions) {
     return item;
   });
   list.replaceChildren(...items);
+}
+
+// A scale a reader can take numbers from: a round top, three lines, "30 s ago" to "now".
+function niceTop(peak) {
+  const step = 10 ** Math.floor(Math.log10(peak));
+  return [1, 2, 5, 10].map((m) => m * step).find((top) => top >= peak);
 }
 
 function drawChart(recent) {
@@ -136,15 +191,38 @@ function drawChart(recent) {
     peak = Math.max(peak, r.hot + r.cold + r.not_permitted);
     for (const key of Object.keys(totals)) totals[key] += r[key];
   }
-  const slot = width / 30;
+  const top = niceTop(peak);
+  const left = 44;
+  const bottom = height - 18;
+  const plotHeight = bottom - 6;
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.fillStyle = "#6b7385";
+  ctx.strokeStyle = "#e1e5ec";
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  for (const share of [0, 0.5, 1]) {
+    const y = bottom - share * plotHeight;
+    ctx.beginPath();
+    ctx.moveTo(left, y + 0.5);
+    ctx.lineTo(width, y + 0.5);
+    ctx.stroke();
+    ctx.fillText(`${Number((top * share).toFixed(1))}/s`, left - 6, y);
+  }
+  ctx.textBaseline = "alphabetic";
+  ctx.textAlign = "left";
+  ctx.fillText("30 s ago", left, height - 3);
+  ctx.textAlign = "right";
+  ctx.fillText("now", width, height - 3);
+
+  const slot = (width - left) / 30;
   for (let i = 0; i < 30; i++) {
     const r = bySecond.get(now - 29 + i);
     if (!r) continue;
-    let y = height;
+    let y = bottom;
     for (const key of ["hot", "cold", "not_permitted"]) {
-      const h = (r[key] / peak) * (height - 4);
+      const h = (r[key] / top) * plotHeight;
       ctx.fillStyle = COLORS[key];
-      ctx.fillRect(i * slot + 1, y - h, slot - 2, h);
+      ctx.fillRect(left + i * slot + 1, y - h, slot - 2, h);
       y -= h;
     }
   }
@@ -159,11 +237,12 @@ async function admin(method, url, body) {
   if (response.status === 401) {
     pendingAction = () => admin(method, url, body);
     $("token-form").hidden = false;
-    $("message").textContent = "This action needs the admin token.";
+    say("This action needs the admin token.", "info");
     return;
   }
   const answer = await response.json().catch(() => ({}));
-  $("message").textContent = response.ok ? done(answer) : answer.detail || `failed: ${response.status}`;
+  if (response.ok) say(done(answer), "ok", "current_state" in answer ? "circuit" : "partner");
+  else say(answer.detail || `failed: ${response.status}`, "error");
 }
 
 // What an admin action changed, said back: the partner's chaos, or the circuit's state.
@@ -176,21 +255,30 @@ function done(answer) {
   return "current_state" in answer ? `circuit: ${answer.current_state}` : "";
 }
 
+// The tally in the legend's words: hot, cold, not permitted; then why, in words.
 async function fire() {
   const count = Math.max(1, Math.min(500, Number($("count").value) || 1));
-  const tally = { partner: 0, fallback: 0 };
+  const tally = { hot: 0, cold: 0, "not permitted": 0 };
   const reasons = {};
   await Promise.all(
     Array.from({ length: count }, async () => {
       const response = await fetch("/offer", { cache: "no-store" });
-      const source = response.headers.get("x-offer-source") || "fallback";
-      tally[source] += 1;
+      const outcome = response.headers.get("x-call-outcome");
+      const kind = outcome === "success" ? "hot" : outcome === "not-permitted" ? "not permitted" : "cold";
+      tally[kind] += 1;
       const reason = response.headers.get("x-fallback-reason");
       if (reason) reasons[reason] = (reasons[reason] || 0) + 1;
     }),
   );
-  const why = Object.entries(reasons).map(([r, n]) => `${n} ${r}`).join(", ");
-  $("fired").textContent = `${count} sent: ${tally.partner} hot, ${tally.fallback} cold${why ? ` (${why})` : ""}`;
+  const counts = Object.entries(tally).map(([kind, n]) => `${n} ${kind}`).join(", ");
+  $("fired").textContent = `${count} sent: ${counts}`;
+  const why = Object.entries(reasons).map(([reason, n]) => {
+    const item = document.createElement("li");
+    const status = reason.match(/^partner-status-(\d+)$/);
+    item.textContent = `${n} ${REASONS[reason] ?? (status ? `the partner answered ${status[1]}` : reason)}`;
+    return item;
+  });
+  $("fired-why").replaceChildren(...why);
 }
 
 function wire() {
