@@ -24,7 +24,6 @@ const REASONS = {
 let snapshotAt = 0;
 let secondsUntilTrial = null;
 let pendingAction = null;
-let currentState = null;
 
 function connect() {
   const stream = new EventSource("/offer/circuit/events");
@@ -44,19 +43,19 @@ function light(state) {
   for (const name of STATES) $(`state-${name}`).classList.toggle("lit", name === state);
   $("state-text").textContent = state;
   $("state-meaning").textContent = MEANINGS[state] ?? "";
-  // A message about the circuit ("circuit: open") is stale once the circuit moves on.
-  if (currentState !== null && state !== currentState && $("message").dataset.about === "circuit") {
-    say("", "info");
-  }
-  currentState = state;
+  // A message about the circuit ("circuit: open") is stale once the circuit is in another state.
+  // Compared with the state it reported, not the last one drawn: the stream's transition to that
+  // very state often arrives after the admin call's answer.
+  const reported = $("message").dataset.state;
+  if (reported && state !== reported) say("", "info");
 }
 
 // The status line, coloured by what it says: done (green), refused or failed (red), asked (grey).
-function say(text, kind, about = "") {
+function say(text, kind, state = "") {
   const message = $("message");
   message.textContent = text;
   message.className = kind;
-  message.dataset.about = about;
+  message.dataset.state = state;
 }
 
 function render(snapshot) {
@@ -241,7 +240,7 @@ async function admin(method, url, body) {
     return;
   }
   const answer = await response.json().catch(() => ({}));
-  if (response.ok) say(done(answer), "ok", "current_state" in answer ? "circuit" : "partner");
+  if (response.ok) say(done(answer), "ok", answer.current_state ?? "");
   else say(answer.detail || `failed: ${response.status}`, "error");
 }
 
