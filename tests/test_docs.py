@@ -16,7 +16,7 @@ import pytest
 from offer_service import create_app
 from service.circuit_routes import CircuitStatus
 from service.settings import OfferSettings, PartnerSettings
-from tools.processes import PROJECT_DIR, EditablePartner, Service, script_service, wait_for
+from tools.processes import PROJECT_DIR, EditablePartner, Service, script_service, uvicorn_service, wait_for
 
 ENGLISH = (PROJECT_DIR / "README.md").read_text()
 PORTUGUESE = (PROJECT_DIR / "README.pt-BR.md").read_text()
@@ -127,8 +127,10 @@ def commands(block: str) -> Iterator[tuple[str, list[str]]]:
         yield command, output
 
 
-def run(command: str, partner: Service, offers: Service) -> list[str]:
-    command = command.replace("localhost:8001", f"127.0.0.1:{offers.port}")
+def run(command: str, partner: Service, offers: Service | None = None) -> list[str]:
+    """The command as a reader types it, against the test's services on their free ports."""
+    if offers is not None:
+        command = command.replace("localhost:8001", f"127.0.0.1:{offers.port}")
     command = command.replace("localhost:8000", f"127.0.0.1:{partner.port}")
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30, check=True)
     return normal_output(done.stdout)
@@ -185,6 +187,37 @@ def test_the_walkthrough_shows_what_the_services_answer_and_log(
             log = [normal_log_line(line) for line in offers.log().splitlines()]
             log_cursor = assert_logged_in_order(block, log, log_cursor)
     assert ran >= 10, "the walkthrough's commands were not found"
+
+
+def test_the_chaos_controls_answer_as_the_operations_page_shows(tmp_path: Path) -> None:
+    chaos = section(OPERATIONS_PAGE, "## Chaos controls", "## Tripping")
+    (block,) = [block for language, block in code_blocks(chaos) if language == "console"]
+    with uvicorn_service("partner_offer_service:app", log_dir=tmp_path) as partner:
+        for command, shown in commands(block):
+            assert_same_output(command, shown, run(command, partner))
+
+
+def test_two_instances_share_one_circuit_as_the_fleet_page_shows(
+    editable_partner: EditablePartner, redis_server: Any, tmp_path: Path
+) -> None:
+    """docs/fleet.md's run: trip the circuit through one instance, and the other already knows."""
+    fleet_page = (PROJECT_DIR / "docs/fleet.md").read_text()
+    (block,) = [
+        block
+        for language, block in code_blocks(fleet_page)
+        if language == "console" and block.startswith("$ ")
+    ]
+    editable_partner.set_status(500)
+    env = {"PARTNER_OFFER_URL": editable_partner.url, "REDIS_URL": redis_server.url}
+    with (
+        uvicorn_service("offer_service:app", env=env, log_dir=tmp_path) as first,
+        uvicorn_service("offer_service:app", env=env, log_dir=tmp_path) as second,
+    ):
+        for command, shown in commands(block):
+            command = command.replace("localhost:8002", f"127.0.0.1:{second.port}")
+            assert_same_output(
+                command, normal_output("\n".join(shown)), run(command, editable_partner, first)
+            )
 
 
 # --- The pages, read ------------------------------------------------------------------------
@@ -289,3 +322,34 @@ def test_each_rule_is_stated_once_and_linked_from_elsewhere() -> None:
         assert "is not used to lengthen the open state" not in text, page.name
         if page.name != "breaker.md":
             assert not re.search(r"three failures in a row come", text), page.name
+
+
+async def test_the_readmes_copy_example_runs_as_written() -> None:
+    """The one example of the breaker's API, run: a hot offer, failures counted until the circuit
+    opens, then the cold offer without the partner being called."""
+    (example,) = [
+        block
+        for language, block in code_blocks(section(ENGLISH, "## Copying", "## The settings"))
+        if language == "python"
+    ]
+    namespace: dict[str, Any] = {}
+    exec(compile(example, "README.md", "exec"), namespace)  # the README's own code, run as written
+    calls = 0
+
+    async def healthy() -> str:
+        nonlocal calls
+        calls += 1
+        return "Hot offer"
+
+    async def broken() -> str:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("partner down")
+
+    namespace["fetch_hot_offer"] = healthy
+    assert await namespace["offer"]() == "Hot offer"
+    namespace["fetch_hot_offer"] = broken
+    assert [await namespace["offer"]() for _ in range(3)] == ["Cold offer"] * 3
+    assert namespace["breaker"].state == "open"
+    assert await namespace["offer"]() == "Cold offer"
+    assert calls == 4, "the partner was called while the circuit was open"
