@@ -197,6 +197,7 @@ def test_the_chaos_controls_answer_as_the_operations_page_shows(tmp_path: Path) 
             assert_same_output(command, shown, run(command, partner))
 
 
+@pytest.mark.timeout(120)
 def test_two_instances_share_one_circuit_as_the_fleet_page_shows(
     editable_partner: EditablePartner, redis_server: Any, tmp_path: Path
 ) -> None:
