@@ -261,13 +261,15 @@ def busy_breaker(policy: str, clock: FakeClock, **settings: object) -> AsyncCirc
 
 
 async def open_with(breaker: AsyncCircuitBreaker, call: Callable[[], Awaitable[str]]) -> None:
-    """Fail through `breaker` until it opens (at most 4 calls in either policy above)."""
-    for _ in range(4):
-        if breaker.state == "open":
-            return
+    """Fail through `breaker` until it opens: more than one call, at most 4 in either policy
+    above (a single answer, whatever it says, never opens the circuit)."""
+    made = 0
+    while breaker.state != "open":
+        assert made < 4, "the circuit did not open"
         with pytest.raises((PartnerFailure, PartnerDown)):
             await breaker.call(call)
-    assert breaker.state == "open"
+        made += 1
+    assert made > 1, "the circuit opened at a single answer"
 
 
 @pytest.mark.parametrize("policy", ["consecutive", "rate"])
