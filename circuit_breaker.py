@@ -113,7 +113,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
+from types import CoroutineType, TracebackType
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import pybreaker
@@ -521,7 +521,7 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         except BaseException:  # the call could not even start: the caller's own trouble
             permit.release()
             raise
-        if not inspect.isawaitable(awaitable):
+        if type(awaitable) is not CoroutineType and not inspect.isawaitable(awaitable):
             permit.release()
             raise TypeError(_not_awaitable(func))
         waiting = asyncio.timeout(None)  # no deadline of its own: `state_change` may set one
@@ -763,7 +763,6 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
     def _record(self, permit: Permit, error: BaseException | None) -> None:
         """Count one outcome against the generation that admitted it, or not at all."""
         machine, state = self.state_machine, permit.state
-        outer, self._own_transition = self._own_transition, True
         try:
             if not self._is_current(state, permit.generation):
                 log.debug("%s: ignoring an outcome from an earlier state", self.name)
@@ -776,11 +775,14 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
                 failed = machine.is_system_error(error)
                 if failed:
                     self._heard_retry_after(getattr(error, "retry_after", None))
-                _count_failure(state, error)
+                outer, self._own_transition = self._own_transition, True
+                try:
+                    _count_failure(state, error)
+                finally:
+                    self._own_transition = outer
             if self._window is not None and state.name == pybreaker.STATE_CLOSED:
                 self._count_in_window(failed, self._clock() - permit.started)
         finally:
-            self._own_transition = outer
             self._free_trial(permit, hand_back=False)
 
     def _heard_retry_after(self, retry_after: object) -> None:
