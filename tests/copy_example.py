@@ -103,13 +103,17 @@ async def _refused(breaker: AsyncCircuitBreaker) -> str:
     return "permitted"
 
 
-async def trap_1_a_dropped_permit_is_logged(records: list[logging.LogRecord]) -> None:
-    breaker = AsyncCircuitBreaker(pybreaker.CircuitBreaker(name="dropped"))
+async def trap_1_a_dropped_trial_is_logged(records: list[logging.LogRecord]) -> None:
+    clock = Clock()
+    breaker = AsyncCircuitBreaker(pybreaker.CircuitBreaker(name="dropped", reset_timeout=15), clock=clock)
     for _ in range(2):
-        await breaker.admit()  # dropped on the floor
+        breaker.trip()
+        clock.now += 15
+        await breaker.admit()  # the trial's permit, dropped on the floor
+        clock.now += breaker.max_trial_seconds
     gc.collect()
-    dropped = [r for r in records if r.getMessage().startswith("dropped: a permit was dropped without")]
-    check("a permit collected unreported is logged once", len(dropped) == 1)
+    dropped = [r for r in records if r.getMessage().startswith("dropped: a trial's permit was dropped")]
+    check("a trial's permit collected unreported is logged once", len(dropped) == 1)
 
 
 def trap_2_a_rate_policy_needs_its_fail_max() -> None:
@@ -175,7 +179,7 @@ async def main() -> None:
     logging.getLogger("circuit_breaker").addHandler(handler)
     await the_copy_example()
     await trap_1_an_unreported_trial_frees_its_place()
-    await trap_1_a_dropped_permit_is_logged(records)
+    await trap_1_a_dropped_trial_is_logged(records)
     trap_2_a_rate_policy_needs_its_fail_max()
     await trap_3_a_block_is_cut_short()
     await trap_4_what_cannot_work_is_refused()

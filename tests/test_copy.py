@@ -123,16 +123,18 @@ def test_max_trial_seconds_must_be_positive() -> None:
         AsyncCircuitBreaker(pybreaker.CircuitBreaker(), max_trial_seconds=0)
 
 
-async def test_a_permit_collected_unreported_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    breaker = breaker_on(FakeClock())
+async def test_a_trials_permit_collected_unreported_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    breaker = breaker_on(clock)
     with caplog.at_level(logging.WARNING, logger="circuit_breaker"):
         for _ in range(3):
-            await breaker.admit()
+            await half_open_trial(breaker, clock)  # dropped on the floor
+            clock.advance(breaker.max_trial_seconds)
         gc.collect()
-        reported = await breaker.admit()
-        reported.success()
+        reported = await half_open_trial(breaker, clock)
+        reported.success()  # type: ignore[attr-defined]
         del reported
-    assert caplog.text.count("dropped without success(), failure() or release()") == 1
+    assert caplog.text.count("a trial's permit was dropped without success(), failure() or release()") == 1
 
 
 # 2. A rate policy cannot trip on failures in a row.
