@@ -23,7 +23,7 @@ from circuit_breaker import (
     RatePolicy,
     TrialExpired,
 )
-from tests.breakers import eventually
+from tests.breakers import CIRCUIT, eventually
 from tests.conftest import Fleet
 from tests.fake_clock import FakeClock
 from tests.partner_stand_ins import PartnerDown, fail, ok
@@ -343,3 +343,40 @@ async def test_a_hand_open_of_the_state_machine_opens_the_fleets_circuit(fleet: 
     assert first.state == "open"
     with pytest.raises(NotPermitted, match="circuit-open"):
         await first.call(ok)
+
+
+async def test_with_redis_an_unreported_trial_frees_the_fleets_trial_after_max_trial_seconds(
+    fleet: Fleet, redis_client: object
+) -> None:
+    clock = FakeClock()
+    breaker = await fleet(clock=clock, circuit_reset_timeout=0.2)
+    breaker.trip()
+    await eventually(
+        lambda: redis_client.hget(CIRCUIT, "state") == b"open",  # type: ignore[attr-defined]
+        within=BOUND,
+        what="the trip written",
+    )
+    clock.advance(1)
+
+    async def trial() -> object:
+        while True:  # Redis's clock decides when the reset timeout is over
+            try:
+                return await breaker.admit()
+            except NotPermitted:  # this instance measures the open period on the fake clock
+                clock.advance(0.1)
+                await asyncio.sleep(0.01)
+
+    permit = await asyncio.wait_for(trial(), BOUND)
+    assert permit.is_trial  # type: ignore[attr-defined]
+    with pytest.raises(NotPermitted, match="trial-in-flight"):
+        await breaker.admit()
+    clock.advance(breaker.max_trial_seconds + 1)
+    second = await asyncio.wait_for(trial(), BOUND)
+    second.success()  # type: ignore[attr-defined]
+    assert breaker.state == "closed"
+    await eventually(
+        lambda: redis_client.hget(CIRCUIT, "state") == b"closed",  # type: ignore[attr-defined]
+        within=BOUND,
+        what="the fleet's circuit closed",
+    )
+    del permit
