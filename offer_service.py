@@ -138,9 +138,10 @@ def build_breaker(
         fail_max = RATE_POLICY_FAIL_MAX
     shared = None
     storage: pybreaker.CircuitBreakerStorage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+    # The trial outlives the longest trial call; its lease expires if its holder dies, and
+    # a trial that never reports frees its place as late.
+    lease = settings.partner_timeout + 1
     if redis_client is not None:
-        # The trial's lease outlives the longest trial call, and expires if its holder dies.
-        lease = settings.partner_timeout + 1
         storage = shared = SharedCircuitState(
             redis_client, BREAKER_NAME, fail_max, settings.circuit_reset_timeout, lease, clock, policy
         )
@@ -154,7 +155,13 @@ def build_breaker(
         name=BREAKER_NAME,
     )
     return AsyncCircuitBreaker(
-        state_machine, shared, not_counted, clock, policy, max_retry_after=settings.circuit_retry_after_max
+        state_machine,
+        shared,
+        not_counted,
+        clock,
+        policy,
+        max_retry_after=settings.circuit_retry_after_max,
+        max_trial_seconds=lease,
     )
 
 

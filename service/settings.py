@@ -143,11 +143,13 @@ class OfferSettings(_ServiceSettings):
         le=1000,
         description="trial calls in half-open, one at a time, that must all succeed to close, 1 to 1000",
     )
+    # One partner's "come back later" holds the whole fleet open: ten minutes at most, so a
+    # wrong header (a day, say) cannot serve cold offers for longer; trials re-measure after.
     circuit_retry_after_max: float = Field(
         300.0,
         ge=0,
-        le=A_DAY,
-        description="the longest Retry-After honoured, in seconds, from 0 (ignore them) to 86400",
+        le=600,
+        description="the longest Retry-After honoured, in seconds, from 0 (ignore them) to 600",
     )
     redis_url: Annotated[str | None, AfterValidator(_redis_url)] = Field(
         None, description="a redis:// URL, or unset for memory state"

@@ -60,6 +60,9 @@ RESET_TIMEOUT = 30.0
 # The fleet's trial lease is PARTNER_TIMEOUT + 1 s of Redis's real time: longer than any
 # example runs, shorter than the reset timeout on the fake clocks.
 PARTNER_TIMEOUT = 20.0
+# A trial that reports nothing for this long on its instance's clock counts as a failure at
+# the next call there (the breaker's `max_trial_seconds`, as the offer service sets it).
+MAX_TRIAL = PARTNER_TIMEOUT + 1
 # Every wait is bounded: a step that never settles fails, it never hangs.
 BOUND = 5.0
 # How long a fleet may take to agree after a step: pub/sub takes milliseconds and a refresh
@@ -140,6 +143,7 @@ class Model:
     generation: int = 0
     permits: dict[int, int] = field(default_factory=dict)  # instance -> the call holding its trial
     lease: int | None = None  # the fleet's trial: the call holding it
+    trial_started: dict[int, float] = field(default_factory=dict)  # instance -> when its trial began
     partner_calls: int = 0
     pending: dict[int, Ticket] = field(default_factory=dict)  # admitted, not ended
     cut: list[int] = field(default_factory=list)  # ended by an opening circuit, not yet seen ending
@@ -156,6 +160,11 @@ class Model:
             if remaining > self.slack:
                 return "circuit-open", False
             ambiguous = remaining > 0
+        started = self.trial_started.get(instance, self.now)
+        if self.state == "half-open" and instance in self.permits and self.now - started >= MAX_TRIAL:
+            self.counter += 1  # the silent trial is a failed one: open again, its call cut short
+            self.open()
+            return "circuit-open", False
         if self.state != "closed" and (instance in self.permits or self.lease is not None):
             return "trial-in-flight", ambiguous
         return None, ambiguous
@@ -168,6 +177,7 @@ class Model:
             self.generation += 1
         if is_trial:
             self.permits[instance] = call_id
+            self.trial_started[instance] = self.now
             if self.fleet:
                 self.lease = call_id
         return Ticket(call_id, instance, self.generation, is_trial)

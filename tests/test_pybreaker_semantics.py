@@ -5,8 +5,8 @@ of coroutine calls is written again here (not copied) and run against
 `AsyncCircuitBreaker` on memory state and on `SharedCircuitState` with a real
 `redis-server`. Where this project deliberately behaves otherwise, the test
 asserts the difference, and its name says so (`..._unlike_pybreaker`). Cases
-that do not apply (generators, `calling()`, the decorator, tornado) are left
-out: the breaker guards zero-argument coroutine functions only.
+that do not apply (generators, tornado, a plain `def` guarded) are left
+out; the decorator and `calling()` are pybreaker's cases for coroutines, with `async with`.
 """
 
 from __future__ import annotations
@@ -269,6 +269,21 @@ async def test_a_successful_call_when_half_open_by_hand_closes_the_circuit(backe
     assert breaker.state == "closed"
 
 
+@pytest.mark.parametrize("how", ["pybreaker-open", "trip"])
+async def test_the_circuit_can_be_opened_by_hand(backend: Backend, how: str) -> None:
+    breaker = await backend.make(fail_max=3)
+    if how == "trip":
+        breaker.trip()
+    else:
+        breaker.state_machine.open()
+    await backend.settled(breaker)
+    assert breaker.state == "open"
+    with pytest.raises(NotPermitted, match="circuit-open"):
+        await breaker.call(not_implemented)
+    if backend.admin is not None:
+        assert backend.admin.hget(CIRCUIT, "state") == b"open"
+
+
 @pytest.mark.parametrize("how", ["pybreaker-close", "force-close"])
 async def test_the_circuit_can_be_closed_by_hand(backend: Backend, how: str) -> None:
     breaker = await backend.make(fail_max=3)
@@ -359,12 +374,59 @@ async def test_changing_reset_timeout_at_run_time(backend: Backend) -> None:
             await breaker.call(ok)
 
 
-async def test_calls_with_arguments_go_through_a_partial(backend: Backend) -> None:
+async def test_calls_with_arguments_as_pybreaker_passes_them(backend: Backend) -> None:
     async def echo(*args: object, **kwargs: object) -> tuple[object, ...]:
         return (*args, kwargs)
 
     breaker = await backend.make()
-    assert await breaker.call(functools.partial(echo, 42, "abc", a=1)) == (42, "abc", {"a": 1})
+    assert await breaker.call(echo, 42, "abc", a=1) == (42, "abc", {"a": 1})
+    assert await breaker.call(functools.partial(echo, 42)) == (42, {})
+
+
+async def test_the_decorator_guards_every_call_with_its_arguments(backend: Backend) -> None:
+    breaker = await backend.make(fail_max=2)
+
+    @breaker
+    async def maybe(fail_it: bool, *, value: str) -> str:
+        if fail_it:
+            raise NotImplementedError
+        return value
+
+    assert await maybe(False, value="hot") == "hot"
+    for _ in range(2):
+        with pytest.raises(NotImplementedError):
+            await maybe(True, value="x")
+    assert breaker.state == "open"
+    with pytest.raises(NotPermitted):
+        await maybe(False, value="hot")
+
+
+def test_the_decorator_refuses_a_plain_def_unlike_pybreaker() -> None:
+    breaker = AsyncCircuitBreaker(pybreaker.CircuitBreaker())
+    with pytest.raises(TypeError, match="not a coroutine function"):
+
+        @breaker
+        def plain() -> str:
+            return "hot"
+
+
+async def test_calling_counts_a_failure_and_a_success_as_pybreakers_with_block(backend: Backend) -> None:
+    breaker = await backend.make(fail_max=2)
+    with pytest.raises(NotImplementedError):
+        async with breaker.calling():
+            raise NotImplementedError
+    assert breaker.fail_counter == 1
+    async with breaker.calling():
+        pass
+    assert breaker.fail_counter == 0
+    for _ in range(2):
+        with pytest.raises(NotImplementedError):
+            async with breaker.calling():
+                raise NotImplementedError
+    assert breaker.state == "open"
+    with pytest.raises(NotPermitted):
+        async with breaker.calling():
+            pass
 
 
 async def test_listeners_added_later_hear_the_calls(backend: Backend) -> None:

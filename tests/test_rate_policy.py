@@ -251,13 +251,43 @@ def partner_busy(seconds: float) -> Callable[[], Awaitable[str]]:
     return call
 
 
+# Enough failures to open the circuit in either policy (`circuit_min_calls` 4, rate 0.5).
+TRIPS = {"consecutive": {"circuit_fail_max": 3}, "rate": {"circuit_policy": "rate", "circuit_min_calls": 4}}
+
+
+def busy_breaker(policy: str, clock: FakeClock, **settings: object) -> AsyncCircuitBreaker:
+    values: dict[str, object] = {"circuit_reset_timeout": RESET_TIMEOUT, **TRIPS[policy], **settings}
+    return build_breaker(OfferSettings(**values), clock=clock)  # type: ignore[arg-type]
+
+
+async def open_with(breaker: AsyncCircuitBreaker, call: Callable[[], Awaitable[str]]) -> None:
+    """Fail through `breaker` until it opens: more than one call, at most 4 in either policy
+    above (a single answer, whatever it says, never opens the circuit)."""
+    made = 0
+    while breaker.state != "open":
+        assert made < 4, "the circuit did not open"
+        with pytest.raises((PartnerFailure, PartnerDown)):
+            await breaker.call(call)
+        made += 1
+    assert made > 1, "the circuit opened at a single answer"
+
+
 @pytest.mark.parametrize("policy", ["consecutive", "rate"])
-async def test_a_retry_after_opens_the_circuit_for_at_least_that_long(policy: str) -> None:
-    clock = FakeClock()
-    breaker = build_breaker(OfferSettings(circuit_policy=policy, circuit_reset_timeout=15.0), clock=clock)
+async def test_a_single_retry_after_counts_as_one_failure_and_does_not_open_the_circuit(policy: str) -> None:
+    breaker = busy_breaker(policy, FakeClock())
     with pytest.raises(PartnerFailure):
         await breaker.call(partner_busy(60))
-    assert breaker.state == "open"  # at the first failure, whatever the counts
+    assert breaker.state == "closed"
+    counts = breaker.window_counts()
+    assert (counts.failures if counts else breaker.fail_counter) == 1
+    assert await breaker.call(ok) == "hot"
+
+
+@pytest.mark.parametrize("policy", ["consecutive", "rate"])
+async def test_a_retry_after_holds_the_circuit_open_for_that_long_when_it_opens(policy: str) -> None:
+    clock = FakeClock()
+    breaker = busy_breaker(policy, clock)
+    await open_with(breaker, partner_busy(60))
     assert breaker.seconds_until_trial() == pytest.approx(60)
     clock.advance(59.5)
     with pytest.raises(NotPermitted, match="circuit-open"):
@@ -266,24 +296,65 @@ async def test_a_retry_after_opens_the_circuit_for_at_least_that_long(policy: st
     assert await breaker.call(ok) == "hot"
 
 
-async def test_a_retry_after_shorter_than_the_reset_timeout_keeps_the_reset_timeout() -> None:
+@pytest.mark.parametrize("policy", ["consecutive", "rate"])
+async def test_a_retry_after_is_counted_from_when_it_was_heard(policy: str) -> None:
     clock = FakeClock()
-    breaker = build_breaker(OfferSettings(circuit_reset_timeout=15.0), clock=clock)
+    breaker = busy_breaker(policy, clock)
     with pytest.raises(PartnerFailure):
-        await breaker.call(partner_busy(2))
-    assert breaker.seconds_until_trial() == pytest.approx(15)
+        await breaker.call(partner_busy(60))
+    clock.advance(30)
+    await open_with(breaker, fail)
+    assert breaker.seconds_until_trial() == pytest.approx(30)
+
+
+async def test_a_success_after_a_retry_after_ends_it() -> None:
+    clock = FakeClock()
+    breaker = busy_breaker("consecutive", clock)
+    with pytest.raises(PartnerFailure):
+        await breaker.call(partner_busy(60))
+    assert await breaker.call(ok) == "hot"
+    await open_with(breaker, fail)
+    assert breaker.seconds_until_trial() == pytest.approx(RESET_TIMEOUT)
+
+
+@pytest.mark.parametrize("seconds", [2, 1e-300, 0, -5, float("nan")])
+async def test_a_retry_after_shorter_than_the_reset_timeout_or_meaningless_keeps_the_reset_timeout(
+    seconds: float,
+) -> None:
+    breaker = busy_breaker("consecutive", FakeClock())
+    await open_with(breaker, partner_busy(seconds))
+    assert breaker.seconds_until_trial() == pytest.approx(RESET_TIMEOUT)
 
 
 async def test_a_retry_after_is_capped_and_can_be_ignored() -> None:
-    clock = FakeClock()
-    capped = build_breaker(OfferSettings(circuit_retry_after_max=120), clock=clock)
-    with pytest.raises(PartnerFailure):
-        await capped.call(partner_busy(86400))
+    capped = busy_breaker("consecutive", FakeClock(), circuit_retry_after_max=120)
+    await open_with(capped, partner_busy(float("inf")))
     assert capped.seconds_until_trial() == pytest.approx(120)
-    ignoring = build_breaker(OfferSettings(circuit_retry_after_max=0), clock=FakeClock())
-    with pytest.raises(PartnerFailure):
-        await ignoring.call(partner_busy(60))
-    assert ignoring.state == "closed" and ignoring.fail_counter == 1
+    ignoring = busy_breaker("consecutive", FakeClock(), circuit_retry_after_max=0)
+    await open_with(ignoring, partner_busy(60))
+    assert ignoring.seconds_until_trial() == pytest.approx(RESET_TIMEOUT)
+
+
+def test_the_retry_after_cap_is_at_most_ten_minutes() -> None:
+    assert OfferSettings(circuit_retry_after_max=600).circuit_retry_after_max == 600
+    with pytest.raises(ValueError, match="circuit_retry_after_max"):
+        OfferSettings(circuit_retry_after_max=601)
+
+
+async def test_a_reset_starts_the_rate_policys_window_afresh() -> None:
+    breaker = build_breaker(OfferSettings(**{**RATE, "circuit_min_calls": 10}), clock=FakeClock())  # type: ignore[arg-type]
+    for call in [ok] * 5 + [fail] * 4:
+        await outcome(breaker, call)
+    breaker.reset()
+    assert await outcome(breaker, fail) == "failure"
+    assert breaker.state == "closed"
+    counts = breaker.window_counts()
+    assert counts is not None and (counts.calls, counts.failures) == (1, 1)
+
+
+def test_a_rate_policy_on_a_machine_that_trips_on_failures_in_a_row_is_refused() -> None:
+    with pytest.raises(ValueError, match="fail_max=RATE_POLICY_FAIL_MAX"):
+        AsyncCircuitBreaker(pybreaker.CircuitBreaker(), policy=RatePolicy(min_calls=100))
 
 
 @pytest.mark.parametrize(
@@ -391,16 +462,21 @@ async def test_without_redis_an_instance_decides_on_its_own_window(
     assert breaker.state == "open"
 
 
-async def test_a_retry_after_holds_the_whole_fleet_open(fleet: Fleet) -> None:
+async def test_a_retry_after_holds_the_whole_fleet_open_once_the_circuit_opens(fleet: Fleet) -> None:
     first, second = await fleet(circuit_reset_timeout=1.0), await fleet(circuit_reset_timeout=1.0)
     with pytest.raises(PartnerFailure):
         await first.call(partner_busy(30))
-    await eventually(lambda: second.state == "open", within=3, what="the hold heard")
+    assert first.state == "closed"  # one answer is a signal, not a verdict
+    for _ in range(2):
+        with pytest.raises((PartnerFailure, NotPermitted)):
+            await first.call(partner_busy(30))
+    await eventually(lambda: second.state == "open", within=3, what="the trip heard")
     await eventually(lambda: second.seconds_until_trial() > 20, within=3, what="the hold's length heard")
-    await asyncio.sleep(1.2)  # past the reset timeout: still no trial anywhere
+    await eventually(lambda: first.seconds_until_trial() > 20, within=3, what="the hold's length heard back")
     for breaker in (first, second):
         with pytest.raises(NotPermitted, match="circuit-open"):
             await breaker.call(ok)
+    assert second.state == "open" and second.seconds_until_trial() > 1.0  # past the reset timeout's length
 
 
 def test_pybreaker_success_threshold_is_the_half_open_calls_setting() -> None:
