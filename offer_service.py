@@ -142,7 +142,14 @@ def build_breaker(
         # The trial's lease outlives the longest trial call, and expires if its holder dies.
         lease = settings.partner_timeout + 1
         storage = shared = SharedCircuitState(
-            redis_client, BREAKER_NAME, fail_max, settings.circuit_reset_timeout, lease, clock, policy
+            redis_client,
+            BREAKER_NAME,
+            fail_max,
+            settings.circuit_reset_timeout,
+            lease,
+            clock,
+            policy,
+            max_hold=settings.circuit_retry_after_max,
         )
     state_machine = pybreaker.CircuitBreaker(
         fail_max=fail_max,

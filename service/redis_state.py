@@ -82,10 +82,11 @@ from typing import Any, Literal, TypeVar
 import pybreaker
 from redis.asyncio import Redis, RedisCluster
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
-from circuit_breaker import RatePolicy, TrialVerdict, WindowCounts
+from circuit_breaker import CallWindow, RatePolicy, TrialVerdict, WindowCounts
+from service import redis_scripts as scripts
 
 log = logging.getLogger("redis_state")
 
@@ -108,212 +109,6 @@ NOT_TRANSITIONS = (*COUNTS, "window")  # the others are transitions
 # totals, and so its trip, are at most this far behind, plus one round trip.
 WINDOW_FLUSH_INTERVAL = 0.2
 
-_SNAPSHOT = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
--- state, fail counter, age of the open period in ms on Redis's clock, version, exists,
--- seq, bumped by every change, so that an older snapshot is told from a newer one, and
--- hold_ms: how long from its start the open period lasts at least (a Retry-After)
-local function snapshot()
-  local s = redis.call('HMGET', KEYS[1], 'state', 'fail_counter', 'opened_at', 'version', 'seq', 'hold_ms')
-  local age = ''
-  if s[3] then age = tostring(now_ms() - tonumber(s[3])) end
-  local exists = tostring(redis.call('EXISTS', KEYS[1]))
-  return {s[1] or 'closed', s[2] or '0', age, s[4] or '0', exists, s[5] or '0', s[6] or '0'}
-end
-local function publish()
-  redis.call('HINCRBY', KEYS[1], 'seq', 1)
-  redis.call('PUBLISH', ARGV[1], table.concat(snapshot(), ','))
-end
-local function transition(to, open_age_ms)
-  redis.call('HSET', KEYS[1], 'state', to)
-  redis.call('HINCRBY', KEYS[1], 'version', 1)
-  redis.call('HDEL', KEYS[1], 'seeded', 'hold_ms')
-  -- A new state starts a new window (KEYS[4], in the scripts that keep one).
-  if KEYS[4] and to ~= 'half-open' then redis.call('DEL', KEYS[4]) end
-  if to == 'open' then redis.call('HSET', KEYS[1], 'opened_at', now_ms() - (open_age_ms or 0)) end
-  if to == 'closed' then redis.call('HSET', KEYS[1], 'fail_counter', 0) end
-  if to ~= 'half-open' then redis.call('DEL', KEYS[2]) end
-end
-"""
-
-# KEYS: circuit hash, trial lease, this writer's last batch, the fleet's call window.
-# ARGV: channel, fail_max, the batch's id, then entries of three: op, the version it is
-# based on, a count. An entry based on another version is stale and refused; a forced
-# one (and a Retry-After's hold) applies whatever the version. A batch sent again after
-# a lost reply is applied once. A `window` entry's count is "calls,failures,slow,
-# window ms,min calls,failure rate,slow call rate": its calls join the fleet's buckets
-# (ten per window, on Redis's clock) and the rates over them decide the trip. The reply
-# is the snapshot, then the window's calls, failures and slow calls if it has one.
-_APPLY = (
-    _SNAPSHOT
-    + """
-local function window_totals(width)
-  local oldest = math.floor(now_ms() / width) - 9
-  local totals = {0, 0, 0}
-  local fields = redis.call('HGETALL', KEYS[4])
-  for j = 1, #fields, 2 do
-    local bucket, kind = string.match(fields[j], '^(%-?%d+):(%d)$')
-    if tonumber(bucket) < oldest then
-      redis.call('HDEL', KEYS[4], fields[j])
-    else
-      totals[tonumber(kind)] = totals[tonumber(kind)] + tonumber(fields[j + 1])
-    end
-  end
-  return totals
-end
-if redis.call('GET', KEYS[3]) == ARGV[3] then return snapshot() end
-redis.call('SET', KEYS[3], ARGV[3], 'EX', 3600)
-local fail_max = tonumber(ARGV[2])
-local changed = false
-local window = nil
-for i = 4, #ARGV, 3 do
-  local op, base, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local s = redis.call('HMGET', KEYS[1], 'state', 'version', 'fail_counter')
-  local state, version = s[1] or 'closed', s[2] or '0'
-  local current = (op == 'force-open' or op == 'force-close' or op == 'hold') or (s[2] and version == base)
-  if op == 'window' and current and state == 'closed' then
-    local v = {}
-    for x in string.gmatch(ARGV[i + 2], '[^,]+') do table.insert(v, tonumber(x)) end
-    local width = v[4] / 10
-    local bucket = math.floor(now_ms() / width)
-    for kind = 1, 3 do
-      if v[kind] > 0 then redis.call('HINCRBY', KEYS[4], bucket .. ':' .. kind, v[kind]) end
-    end
-    redis.call('PEXPIRE', KEYS[4], math.ceil(v[4] * 2))
-    window = window_totals(width)
-    local calls = window[1]
-    if calls >= v[5] and (window[2] >= v[6] * calls or window[3] >= v[7] * calls) then
-      transition('open'); changed = true
-      window = {0, 0, 0}
-    end
-  elseif op == 'hold' then
-    -- A Retry-After: open if not open, and no trial for n ms from now.
-    if state ~= 'open' then transition('open') end
-    local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_at'))
-    local held = tonumber(redis.call('HGET', KEYS[1], 'hold_ms') or '0')
-    redis.call('HSET', KEYS[1], 'hold_ms', math.max(held, now_ms() - opened + n))
-    changed = true
-  elseif current then
-    if op == 'failures' or op == 'reset-failures' then
-      if op == 'reset-failures' then redis.call('HSET', KEYS[1], 'fail_counter', 0) end
-      local count = redis.call('HINCRBY', KEYS[1], 'fail_counter', n)
-      if state == 'closed' and count >= fail_max then transition('open') end
-      changed = true
-    elseif op == 'open' or op == 'force-open' then
-      -- A closed circuit opens on the fleet's count, not on one instance's view of it.
-      -- An open based on this very version of an open circuit is a trial that instance
-      -- made alone while Redis was out of reach, and that failed: its open wins, as a
-      -- new period from now, or the fleet would let another trial through at once.
-      if state == 'half-open' or op == 'force-open' and state ~= 'open'
-         or state == 'closed' and tonumber(s[3] or '0') >= fail_max
-         or op == 'open' and state == 'open' then
-        transition('open'); changed = true
-      end
-    elseif op == 'close' or op == 'force-close' then
-      -- A record seeded after a loss is open from then on: a trial's success that
-      -- was on its way before the loss does not close it (a new trial will).
-      local reseeded = op == 'close' and redis.call('HGET', KEYS[1], 'seeded') == '1'
-      if state ~= 'closed' and not reseeded then
-        transition('closed'); changed = true
-      elseif op == 'force-close' then
-        -- Already closed: no transition, but a new generation with a clean count,
-        -- so that calls admitted before the operator's close count for nothing.
-        redis.call('HSET', KEYS[1], 'fail_counter', 0)
-        redis.call('HINCRBY', KEYS[1], 'version', 1)
-        changed = true
-      end
-    end
-  end
-end
-if changed then publish() end
-local reply = snapshot()
-if window then
-  for kind = 1, 3 do table.insert(reply, window[kind]) end
-end
-return reply
-"""
-)
-
-# KEYS: circuit hash, trial lease. ARGV: channel, reset timeout ms, lease ms, this grant's
-# token ("owner:n"), owner.
-_ACQUIRE_TRIAL = (
-    _SNAPSHOT
-    + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost', unpack(snapshot())} end
-local s = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'hold_ms')
-if s[1] == 'closed' then return {'closed', unpack(snapshot())} end
-local period = math.max(tonumber(ARGV[2]), tonumber(s[3] or '0'))
-if s[1] == 'open' and s[2] and now_ms() < tonumber(s[2]) + period then
-  return {'open', unpack(snapshot())}
-end
-if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then
-  -- The lease's holder may take it again, with a new token, for its next trial when
-  -- half-open needs several: a late release of the earlier grant then deletes nothing.
-  local holder = redis.call('GET', KEYS[2])
-  if not holder or string.sub(holder, 1, #ARGV[5] + 1) ~= ARGV[5] .. ':' then
-    return {'busy', unpack(snapshot())}
-  end
-  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
-end
-if s[1] == 'open' then transition('half-open'); publish() end
-return {'granted', unpack(snapshot())}
-"""
-)
-
-# KEYS: circuit hash, trial lease. ARGV: channel, the grant's token.
-_RELEASE_TRIAL = (
-    _SNAPSHOT
-    + """
-if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]); publish() end
-"""
-)
-
-# KEYS: circuit hash. ARGV: channel, fail_max, reset timeout ms. Creates the circuit
-# if there is none; returns its snapshot and the settings its first writer gave it.
-_INIT = (
-    _SNAPSHOT
-    + """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'state', 'closed', 'fail_counter', 0, 'version', 1, 'seq', 0)
-end
-redis.call('HSETNX', KEYS[1], 'fail_max', ARGV[2])
-redis.call('HSETNX', KEYS[1], 'reset_timeout_ms', ARGV[3])
-local settings = redis.call('HMGET', KEYS[1], 'fail_max', 'reset_timeout_ms')
-local reply = snapshot()
-table.insert(reply, settings[1]); table.insert(reply, settings[2])
-return reply
-"""
-)
-
-# KEYS: circuit hash, trial lease. ARGV: channel, state ('open' or 'closed'),
-# fail counter, age of the open period in ms, the version and seq this instance had seen.
-# Writes this instance's view where Redis lost the circuit; where another instance
-# seeded it first, an open view still wins over a seeded closed one.
-_SEED = (
-    _SNAPSHOT
-    + """
-local s = redis.call('HMGET', KEYS[1], 'state', 'version', 'seeded')
-local seen = tonumber(ARGV[5])
-if s[2] and tonumber(s[2]) >= seen then
-  if ARGV[2] == 'open' and s[1] == 'closed' and s[3] == '1' then
-    transition('open', tonumber(ARGV[4])); redis.call('HSET', KEYS[1], 'seeded', 1); publish()
-  end
-  return {'found', unpack(snapshot())}
-end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'fail_counter', ARGV[3], 'version', seen, 'seeded', 1,
-           'seq', ARGV[6])
-if ARGV[2] == 'open' then redis.call('HSET', KEYS[1], 'opened_at', now_ms() - tonumber(ARGV[4])) end
-redis.call('DEL', KEYS[2])
-publish()
-return {'seeded', unpack(snapshot())}
-"""
-)
-
-_READ = _SNAPSHOT + "return snapshot()"
-
 
 @dataclass(frozen=True)
 class Shared:
@@ -326,16 +121,47 @@ class Shared:
     exists: bool
     seq: int
     hold: float  # the open period lasts at least this long from its start (a Retry-After)
+    seeded: bool = False  # seeded again by an instance after Redis lost it
 
     @classmethod
     def parse(cls, fields: list[Any]) -> Shared:
+        """The snapshot's fields, checked: the record is input (anyone with access to Redis, or
+        a later version of this code, may have written it), so a field that is not what
+        this version writes raises `UnreadableRecord` naming it, never a bare ValueError."""
         state, counter, age, version, exists, seq, hold_ms = (
-            f.decode() if isinstance(f, bytes) else str(f) for f in fields[:7]
+            f.decode(errors="replace") if isinstance(f, bytes) else str(f) for f in fields[:7]
         )
-        age_seconds = int(age) / 1000 if age else None
+        if state not in STATES:
+            raise UnreadableRecord("state", state)
         return cls(
-            state, int(counter), age_seconds, int(version), exists == "1", int(seq), int(hold_ms) / 1000
+            state,
+            _number("fail_counter", counter),
+            _number("opened_at", age) / 1000 if age else None,
+            _number("version", version),
+            exists == "1",
+            _number("seq", seq),
+            _number("hold_ms", hold_ms) / 1000,
+            len(fields) > 7 and fields[7] in (b"1", "1", 1),
         )
+
+
+class UnreadableRecord(ValueError):
+    """A field of the circuit's record in Redis that this version cannot read."""
+
+    def __init__(self, field: str, value: str) -> None:
+        super().__init__(f"{field}={value[:40]!r}")
+        self.field = field
+
+
+STATES = (pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN)
+
+
+def _number(field: str, value: str) -> int:
+    # ASCII digits only: int() also takes "١٢" and " 12_0 ", which no version of this code writes.
+    digits = value[1:] if value.startswith("-") else value
+    if not (digits.isascii() and digits.isdigit()):
+        raise UnreadableRecord(field, value)
+    return int(value)
 
 
 def connect(url: str) -> Redis:
@@ -378,6 +204,21 @@ async def shielded(awaitable: Awaitable[T], cancel_inner: bool = True) -> T:
         raise
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A Retry-After waiting in the outbox, with when it was heard (on the instance's clock)."""
+
+    seconds: float
+    heard: float
+
+
+def _describe(policy: str, fail_max: str, window_ms: str, reset_ms: str) -> str:
+    rule = f"CIRCUIT_WINDOW={int(window_ms) / 1000:g}" if policy == "rate" and window_ms else ""
+    if policy != "rate":
+        rule = f"CIRCUIT_FAIL_MAX={fail_max}"
+    return f"CIRCUIT_POLICY={policy} {rule} CIRCUIT_RESET_TIMEOUT={int(reset_ms or 0) / 1000:g}"
+
+
 def _has_transition(entries: list[list[Any]]) -> bool:
     return any(op not in NOT_TRANSITIONS for op, _, _ in entries)
 
@@ -399,8 +240,12 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         lease_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         policy: RatePolicy | None = None,
+        max_hold: float = 300.0,
     ) -> None:
+        """`max_hold`: the longest Retry-After hold taken from Redis (CIRCUIT_RETRY_AFTER_MAX):
+        a record is input, and a `hold_ms` written by hand must not hold the fleet for days."""
         super().__init__("redis")
+        self._max_hold = max_hold
         self._client = client
         self._breaker_name = name
         self._fail_max = fail_max
@@ -417,16 +262,21 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             else ""
         )
         self._unsent = WindowCounts()  # calls counted here, not yet added to the fleet's window
+        # This instance's calls over the last window, counted again into a window Redis lost.
+        self._recent = CallWindow(policy.window, clock) if policy else None
+        self._recounted = 0  # the seeded version this instance's recent calls were added to
+        self._lost_at: float | None = None  # when Redis became unreachable, on `clock`
+        self._unreadable: UnreadableRecord | None = None
         self._fleet: WindowCounts | None = None  # the fleet's window, as the last write heard it
         self._fleet_heard = 0.0
         self._flush: asyncio.TimerHandle | None = None
         self._channel = f"{{{name}}}:changes"
-        self._apply = client.register_script(_APPLY)
-        self._read_script = client.register_script(_READ)
-        self._acquire = client.register_script(_ACQUIRE_TRIAL)
-        self._release = client.register_script(_RELEASE_TRIAL)
-        self._init = client.register_script(_INIT)
-        self._seed = client.register_script(_SEED)
+        self._apply = client.register_script(scripts.APPLY)
+        self._read_script = client.register_script(scripts.READ)
+        self._acquire = client.register_script(scripts.ACQUIRE_TRIAL)
+        self._release = client.register_script(scripts.RELEASE_TRIAL)
+        self._init = client.register_script(scripts.INIT)
+        self._seed = client.register_script(scripts.SEED)
 
         self._state = pybreaker.STATE_CLOSED
         self._fail_counter = 0
@@ -466,11 +316,21 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             return
         if state in (pybreaker.STATE_OPEN, pybreaker.STATE_CLOSED):
             # A transition made here: Redis applies it only if no other got there first.
-            self._send("open" if state == pybreaker.STATE_OPEN else "close")
+            self._send(self._transition_op(state))
             self._next_base += 1
+        if state == pybreaker.STATE_CLOSED:
+            # A success closed it: a Retry-After heard before, not sent yet, is over.
+            self._outbox = [entry for entry in self._outbox if entry[0] != "hold"]
         if state == pybreaker.STATE_OPEN:
             self._opened_clock = self._clock()
         self._change(state)
+
+    def _transition_op(self, state: str) -> str:
+        if state == pybreaker.STATE_CLOSED:
+            return "close"
+        # Connected, the rate policy's trip is decided in Redis: one decided here was made on
+        # this instance's own window while Redis was out of reach, and wins when it is back.
+        return "trip" if self._policy is not None and self._state == pybreaker.STATE_CLOSED else "open"
 
     def increment_counter(self) -> None:
         self._fail_counter += 1
@@ -513,12 +373,17 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         return max(0.0, self._opened_clock + period - self._clock())
 
     def force(self, state: str) -> None:
-        """An operator's open or close: written to Redis whatever the version."""
+        """An operator's open or close: written to Redis whatever the version. A close starts
+        the window afresh, here and in Redis, as it starts the count of failures afresh."""
+        if state == pybreaker.STATE_CLOSED:
+            self._unsent, self._fleet = WindowCounts(), None
+            if self._recent is not None:
+                self._recent.clear()
         self._send("force-open" if state == pybreaker.STATE_OPEN else "force-close")
 
     def hold_open(self, seconds: float) -> None:
         """A Retry-After: open now if not open, no trial for `seconds`; for the whole fleet."""
-        self._send("hold", int(seconds * 1000))
+        self._send("hold", Hold(seconds, self._clock()))
         if self._state != pybreaker.STATE_OPEN:
             self._next_base += 1  # the hold opens it: a transition, as Redis will count it
             self._opened_clock = self._clock()
@@ -537,6 +402,8 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         unsent.calls += 1
         unsent.failures += failed
         unsent.slow += slow
+        if self._recent is not None:
+            self._recent.record(failed, slow)
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(WINDOW_FLUSH_INTERVAL, self._flush_window)
 
@@ -552,10 +419,25 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         )
 
     def _flush_window(self) -> None:
+        """Counts waiting while Redis is unreachable wait on, and go when it is back."""
         self._flush = None
+        if not self.connected:
+            return
         unsent, self._unsent = self._unsent, WindowCounts()
-        if unsent.calls and self.connected and self._state == pybreaker.STATE_CLOSED:
+        if unsent.calls and self._state == pybreaker.STATE_CLOSED:
             self._send("window", f"{unsent.calls},{unsent.failures},{unsent.slow},{self._window_args}")
+
+    def _recount_window(self, version: int) -> None:
+        """Redis lost the circuit, and its window with it: add this instance's calls of the
+        last window again. (Calls flushed between the loss and this can count twice: at
+        most one flush interval of them, and only towards a trip.)"""
+        self._recounted = version
+        if self._recent is None:
+            return
+        recent = self._recent.counts()
+        self._unsent = WindowCounts(recent.calls, recent.failures, recent.slow)
+        if recent.calls and self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(0, self._flush_window)
 
     # The fleet's half-open trial.
 
@@ -583,7 +465,11 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         if verdict == "lost":
             self._suspect_lost()
             return "open"
-        self._heard(Shared.parse(reply[1:]), "read")
+        try:
+            self._heard(Shared.parse(reply[1:]), "read")
+        except UnreadableRecord as bad:
+            self._found_unreadable(bad)
+            return "open"
         if verdict == "busy":
             self._busy_until = self._clock() + self._lease_ms / 1000
         elif verdict == "granted":
@@ -604,12 +490,18 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
 
     async def start(self) -> None:
         """Load the shared state (Redis must answer now), then keep in step in the background."""
-        reply = await shielded(
-            self._init(keys=self._keys, args=[self._channel, self._fail_max, self._reset_timeout_ms])
+        policy, window_ms = (
+            ("rate", str(int(self._policy.window * 1000))) if self._policy else ("consecutive", "")
         )
-        self._warn_if_settings_differ(reply[7], reply[8])
-        self._heard(Shared.parse(reply), "seed")
+        args: list[str | int] = [self._channel, self._fail_max, self._reset_timeout_ms, policy, window_ms]
+        reply = await shielded(self._init(keys=self._keys, args=args))
+        self._warn_if_settings_differ(*(field.decode() if field else "" for field in reply[-4:]))
         self.connected = True
+        try:
+            self._heard(Shared.parse(reply), "seed")
+        except UnreadableRecord as bad:
+            self._found_unreadable(bad)
+            await self._check_record()
         self._supervisor = asyncio.create_task(self._supervise(), name="redis-state")
 
     async def stop(self) -> None:
@@ -668,7 +560,9 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         if not self._transitions_pending():
             self._next_base = shared.version
         self._fail_counter = self._with_unsent_failures(shared.fail_counter)
-        self._hold = shared.hold
+        self._hold = min(shared.hold, self._max_hold)
+        if shared.seeded and shared.version != self._recounted:
+            self._recount_window(shared.version)
         if state_changed or version_changed:
             self._fleet = None  # a new state starts a new window
         if shared.state != pybreaker.STATE_OPEN or shared.open_age is None:
@@ -689,7 +583,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         if changed:
             self.on_change()
 
-    def _send(self, op: str, count: int | str = 0) -> None:
+    def _send(self, op: str, count: int | str | Hold = 0) -> None:
         if len(self._outbox) >= MAX_OUTBOX:
             self._outbox.pop(0)
             self._dropped += 1
@@ -730,12 +624,24 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         return Shared.parse(await shielded(self._read_script(keys=self._keys)))
 
     async def _write(self, batch: list[list[Any]], batch_id: int) -> None:
-        args = [self._channel, self._fail_max, batch_id, *(value for entry in batch for value in entry)]
+        """Send the batch in flight; its reply settles it (nothing of it is pending any more
+        when the reply is heard, or a transition in it would keep this instance's next
+        writes on the version before it)."""
+        args: list[Any] = [self._channel, self._fail_max, batch_id]
+        for op, base, count in batch:
+            if isinstance(count, Hold):
+                # What is left of it now: a hold heard during an outage counts from then.
+                left = int((count.seconds - (self._clock() - count.heard)) * 1000)
+                if left <= 0:
+                    continue
+                count = left
+            args += [op, base, count]
         keys = [*self._keys, self._written_key, self._window_key]
         reply = await shielded(self._apply(keys=keys, args=args))
+        self._in_flight = []
         self._heard(Shared.parse(reply), "write")
-        if len(reply) > 7:
-            self._fleet = WindowCounts(*(int(count) for count in reply[7:10]))
+        if len(reply) > 8:
+            self._fleet = WindowCounts(*(int(count) for count in reply[8:11]))
             self._fleet_heard = self._clock()
 
     async def _supervise(self) -> None:
@@ -747,6 +653,13 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._write_outbox())
                     group.create_task(self._follow_changes())
+            except* UnreadableRecord as bad:
+                first = bad.exceptions[0]
+                assert isinstance(first, UnreadableRecord)
+                self._found_unreadable(first)
+            except* ResponseError as failed:
+                # A script that fails on the record's fields is an unreadable record too.
+                self._found_unreadable(UnreadableRecord("a field", str(failed.exceptions[0])))
             except* (RedisError, OSError) as failure:
                 self._lose(failure.exceptions[0])
 
@@ -766,11 +679,23 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             # A batch whose reply was lost (a reconnect, a cancel) stays in flight and is
             # sent again with its id: Redis applies it once, whether or not it had it.
             await self._write(self._in_flight, self._batch_id)
-            self._in_flight = []
             if self._outbox or self._stopping:
                 self._wake.set()  # once more: send what came in meanwhile, or return
 
     async def _follow_changes(self) -> None:
+        """Hear the fleet's changes. A pub/sub connection that drops (a `CLIENT KILL`, a proxy's
+        idle timeout) is not an outage while Redis answers a read: subscribe again and
+        carry on, with the counts waiting for their flush still shared."""
+        while not self._stopping:
+            try:
+                await self._subscribed()
+            except (RedisError, OSError) as exc:
+                if self._stopping:
+                    return
+                self._heard(await self._read(), "read")  # raises if Redis itself is gone
+                log.info("pub/sub connection lost (%r): subscribed again", exc)
+
+    async def _subscribed(self) -> None:
         pubsub = self._client.pubsub()
         try:
             await shielded(pubsub.subscribe(self._channel))
@@ -792,13 +717,33 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         """A snapshot said the circuit is gone or older than ours: confirm with a read made
         now (versions never go down in Redis), then seed it from this process's view."""
         self._lost_record = False
-        shared = await self._read()
+        if self._unreadable is not None:
+            bad, self._unreadable = self._unreadable, None
+            await self._replace_unreadable(bad)
+            return
+        try:
+            shared = await self._read()
+        except UnreadableRecord as bad:
+            await self._replace_unreadable(bad)
+            return
         if shared.exists and shared.version >= self._version:
             self._heard(shared, "read")
             return
         await self._seed_from_view(reason="missing" if not shared.exists else "older than this instance's")
 
-    async def _seed_from_view(self, reason: str) -> None:
+    def _found_unreadable(self, bad: UnreadableRecord) -> None:
+        self._unreadable = bad
+        self._suspect_lost()
+
+    async def _replace_unreadable(self, bad: UnreadableRecord) -> None:
+        """Write this instance's view over a record it cannot read; if Redis refuses that too,
+        go degraded (deciding alone, `/health` says so) and try again from there."""
+        try:
+            await self._seed_from_view(reason=f"unreadable ({bad})", replace=True)
+        except (ResponseError, UnreadableRecord) as exc:
+            raise ConnectionError(f"the circuit's record in Redis cannot be replaced: {exc}") from exc
+
+    async def _seed_from_view(self, reason: str, replace: bool = False) -> None:
         is_open = self._state != pybreaker.STATE_CLOSED
         # Half-open counts as open, from now: its trial's lease is gone with the record.
         age = 0.0
@@ -811,6 +756,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             int(age * 1000),
             self._version,
             self._seq,
+            "1" if replace else "0",
         ]
         counted = len(self._outbox)  # what the seed's count includes
         reply = await shielded(self._seed(keys=self._keys, args=args))
@@ -837,6 +783,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             return
         log.warning("Redis lost (%r): the circuit carries on with this process's state", error)
         self.connected = False
+        self._lost_at = self._clock()
         if self._supervisor and asyncio.current_task() is not self._supervisor and not self._stopping:
             # Lost from a request's call: restart the background work, which reconnects first.
             self._supervisor.cancel()
@@ -849,7 +796,11 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         while not self._stopping:
             await asyncio.sleep(RECONNECT_INTERVAL)
             try:
-                shared = await self._read()
+                try:
+                    shared = await self._read()
+                except UnreadableRecord as bad:
+                    await self._replace_unreadable(bad)
+                    shared = await self._read()
                 if not shared.exists or shared.version < self._version:
                     await self._seed_from_view(reason="reset while it was unreachable")
                 elif shared.version > self._version:
@@ -859,22 +810,35 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             except (RedisError, OSError):
                 continue
             self.connected = True
+            if self._policy is not None and self._lost_at is not None:
+                if self._clock() - self._lost_at > self._policy.window:
+                    self._unsent = WindowCounts()  # older than the window by now
+                self._flush_window()  # the counts that waited for their flush
             self._wake.set()  # send what was not written before the outage
             log.warning("Redis is back: the circuit is shared again (%s)", self._state)
             return
 
-    def _warn_if_settings_differ(self, fail_max: bytes | None, reset_ms: bytes | None) -> None:
-        theirs = (int(fail_max or self._fail_max), int(reset_ms or self._reset_timeout_ms))
-        if theirs != (self._fail_max, self._reset_timeout_ms):
+    def _warn_if_settings_differ(self, fail_max: str, reset_ms: str, policy: str, window_ms: str) -> None:
+        """One line, in the settings' own names, when the first instance that wrote the record
+        had other settings. A mixed fleet stays safe: every instance trips on its own rule
+        (failures in a row counted fleet-wide, or the fleet's window), either's trip opens
+        the fleet, and only a trial's success or an operator's reset closes it. The window
+        is the first writer's width, whatever CIRCUIT_WINDOW says here."""
+        theirs = _describe(policy or "consecutive", fail_max, window_ms, reset_ms)
+        ours = _describe(
+            "rate" if self._policy else "consecutive",
+            str(self._fail_max),
+            str(int(self._policy.window * 1000)) if self._policy else "",
+            str(self._reset_timeout_ms),
+        )
+        if theirs != ours:
             log.warning(
-                "circuit %r is shared with instances that use CIRCUIT_FAIL_MAX=%d and "
-                "CIRCUIT_RESET_TIMEOUT=%g; this one uses %d and %g: the fleet's trip and "
-                "trial follow each instance's own settings",
+                "circuit %r is shared with instances that use %s; this one uses %s: each trips on "
+                "its own rule, either's trip opens the fleet, trials follow each one's reset "
+                "timeout, and the fleet's window is the first one's",
                 self._breaker_name,
-                theirs[0],
-                theirs[1] / 1000,
-                self._fail_max,
-                self._reset_timeout_ms / 1000,
+                theirs,
+                ours,
             )
 
     def _background(self, awaitable: Awaitable[object]) -> None:

@@ -58,7 +58,8 @@ def written(*breakers: AsyncCircuitBreaker) -> Callable[[], bool]:
 
     def check() -> bool:
         return all(
-            not (shared(b)._unsent.calls or shared(b)._writes_pending()) and shared(b).connected for b in breakers
+            not (shared(b)._unsent.calls or shared(b)._writes_pending()) and shared(b).connected
+            for b in breakers
         )
 
     return check
@@ -150,7 +151,8 @@ async def test_instances_with_different_windows_share_one_window_and_say_so(
     long = await fleet(**{**RATE, "circuit_window": 60.0})
     short = await fleet(**{**RATE, "circuit_window": 10.0})
     assert any(
-        "CIRCUIT_WINDOW=60" in r.getMessage() and "CIRCUIT_WINDOW=10" in r.getMessage() for r in caplog.records
+        "CIRCUIT_WINDOW=60" in r.getMessage() and "CIRCUIT_WINDOW=10" in r.getMessage()
+        for r in caplog.records
     )
     for _ in range(6):
         await outcome(long, fail)
@@ -172,7 +174,9 @@ async def test_a_window_lost_with_the_record_is_counted_again_from_the_instances
     await eventually(written(a, b), what="the calls written")
     assert fleet_window(redis_client) == (20, 10)
     redis_client.flushall()
-    await eventually(lambda: fleet_window(redis_client) == (20, 10), within=5, what="the window counted again")
+    await eventually(
+        lambda: fleet_window(redis_client) == (20, 10), within=5, what="the window counted again"
+    )
     assert redis_client.hget(CIRCUIT, "state") == b"closed"
 
 
@@ -239,11 +243,13 @@ async def test_an_unreadable_record_is_logged_once_and_seeded_again(
 ) -> None:
     a = await fleet(circuit_reset_timeout=RESET_TIMEOUT)
     redis_client.hset(CIRCUIT, field, value)
-    await eventually(
-        lambda: redis_client.hget(CIRCUIT, field) != value, within=5, what="the record written again"
-    )
-    unreadable = [r for r in caplog.records if "unreadable" in r.getMessage()]
-    assert len(unreadable) == 1 and field in unreadable[0].getMessage()
+
+    def unreadable() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+
+    await eventually(unreadable, within=5, what="the unreadable record logged")
+    assert redis_client.hget(CIRCUIT, field) != value
+    assert len(unreadable()) == 1 and field in unreadable()[0]
     # The instance still hears the fleet.
     redis_client.hset(CIRCUIT, "hold_ms", 1)
     a.trip()
@@ -260,4 +266,3 @@ async def test_a_huge_hold_read_back_is_capped(fleet: Fleet, redis_client: redis
     a.trip()  # a change everyone hears, with the huge hold in its snapshot
     await eventually(lambda: shared(b)._hold > 0, within=3, what="the hold heard")
     assert b.seconds_until_trial() <= 60.0
-
