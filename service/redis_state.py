@@ -212,11 +212,15 @@ class Hold:
     heard: float
 
 
-def _describe(policy: str, fail_max: str, window_ms: str, reset_ms: str) -> str:
-    rule = f"CIRCUIT_WINDOW={int(window_ms) / 1000:g}" if policy == "rate" and window_ms else ""
-    if policy != "rate":
-        rule = f"CIRCUIT_FAIL_MAX={fail_max}"
-    return f"CIRCUIT_POLICY={policy} {rule} CIRCUIT_RESET_TIMEOUT={int(reset_ms or 0) / 1000:g}"
+def _settings(policy: str, fail_max: str, window_ms: str, reset_ms: str) -> dict[str, str]:
+    """The settings a user sets, by the names they set them with, as far as they decide the trip."""
+    rule = (
+        ("CIRCUIT_WINDOW", f"{int(window_ms) / 1000:g}")
+        if policy == "rate"
+        else ("CIRCUIT_FAIL_MAX", fail_max)
+    )
+    reset = f"{int(reset_ms or 0) / 1000:g}"
+    return {"CIRCUIT_POLICY": policy, rule[0]: rule[1], "CIRCUIT_RESET_TIMEOUT": reset}
 
 
 def _has_transition(entries: list[list[Any]]) -> bool:
@@ -824,21 +828,28 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         (failures in a row counted fleet-wide, or the fleet's window), either's trip opens
         the fleet, and only a trial's success or an operator's reset closes it. The window
         is the first writer's width, whatever CIRCUIT_WINDOW says here."""
-        theirs = _describe(policy or "consecutive", fail_max, window_ms, reset_ms)
-        ours = _describe(
+        theirs = _settings(policy or "consecutive", fail_max, window_ms, reset_ms)
+        ours = _settings(
             "rate" if self._policy else "consecutive",
             str(self._fail_max),
             str(int(self._policy.window * 1000)) if self._policy else "",
             str(self._reset_timeout_ms),
         )
-        if theirs != ours:
+        differ = [name for name in (*theirs, *ours) if theirs.get(name) != ours.get(name)]
+        if differ:
+
+            def say(settings: dict[str, str]) -> str:
+                return " ".join(
+                    f"{name}={settings[name]}" for name in dict.fromkeys(differ) if name in settings
+                )
+
             log.warning(
                 "circuit %r is shared with instances that use %s; this one uses %s: each trips on "
                 "its own rule, either's trip opens the fleet, trials follow each one's reset "
                 "timeout, and the fleet's window is the first one's",
                 self._breaker_name,
-                theirs,
-                ours,
+                say(theirs),
+                say(ours),
             )
 
     def _background(self, awaitable: Awaitable[object]) -> None:

@@ -5,6 +5,7 @@ Retry-After heard while Redis was away. Every test runs against a real redis-ser
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator
@@ -133,13 +134,20 @@ async def test_after_its_own_reset_an_instance_writes_on_the_new_version(
 
 
 async def test_counts_waiting_for_the_flush_survive_a_lost_pub_sub_connection(
-    fleet: Fleet, redis_client: redis.Redis
+    fleet: Fleet, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="redis_state")
     a = await fleet(**{**RATE, "circuit_min_calls": 1000})
+    await eventually(lambda: any("P" in c["flags"] for c in redis_client.client_list()), what="a subscribed")
     for _ in range(18):
         await outcome(a, ok)
-    redis_client.client_kill_filter(_type="pubsub")
-    for _ in range(3):
+    assert redis_client.client_kill_filter(_type="pubsub") == 1
+
+    def noticed() -> bool:
+        return any("pub/sub" in r.getMessage() or "Redis lost" in r.getMessage() for r in caplog.records)
+
+    await eventually(noticed, within=5, what="the lost connection noticed")
+    for _ in range(3):  # while it reconnects
         await outcome(a, fail)
     await eventually(written(a), within=5, what="the calls written")
     assert fleet_window(redis_client) == (21, 3)
