@@ -85,8 +85,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
-from circuit_breaker import CallWindow, RatePolicy, TrialVerdict, WindowCounts
+from circuit_breaker import RatePolicy, TrialVerdict, WindowCounts
 from service import redis_scripts as scripts
+from service.fleet_window import FleetWindow
+from service.redis_record import Shared, UnreadableRecord, settings_in_use
 
 log = logging.getLogger("redis_state")
 
@@ -105,63 +107,6 @@ STOP_TIMEOUT = 2.0
 Source = Literal["write", "read", "message", "seed"]
 COUNTS = ("failures", "reset-failures")  # outbox entries that count failures in a row
 NOT_TRANSITIONS = (*COUNTS, "window")  # the others are transitions
-# How often an instance adds its calls to the fleet's window (rate policy): the fleet's
-# totals, and so its trip, are at most this far behind, plus one round trip.
-WINDOW_FLUSH_INTERVAL = 0.2
-
-
-@dataclass(frozen=True)
-class Shared:
-    """The circuit as Redis holds it; `open_age` is measured on Redis's clock."""
-
-    state: str
-    fail_counter: int
-    open_age: float | None
-    version: int
-    exists: bool
-    seq: int
-    hold: float  # the open period lasts at least this long from its start (a Retry-After)
-    seeded: bool = False  # seeded again by an instance after Redis lost it
-
-    @classmethod
-    def parse(cls, fields: list[Any]) -> Shared:
-        """The snapshot's fields, checked: the record is input (anyone with access to Redis, or
-        a later version of this code, may have written it), so a field that is not what
-        this version writes raises `UnreadableRecord` naming it, never a bare ValueError."""
-        state, counter, age, version, exists, seq, hold_ms = (
-            f.decode(errors="replace") if isinstance(f, bytes) else str(f) for f in fields[:7]
-        )
-        if state not in STATES:
-            raise UnreadableRecord("state", state)
-        return cls(
-            state,
-            _number("fail_counter", counter),
-            _number("opened_at", age) / 1000 if age else None,
-            _number("version", version),
-            exists == "1",
-            _number("seq", seq),
-            _number("hold_ms", hold_ms) / 1000,
-            len(fields) > 7 and fields[7] in (b"1", "1", 1),
-        )
-
-
-class UnreadableRecord(ValueError):
-    """A field of the circuit's record in Redis that this version cannot read."""
-
-    def __init__(self, field: str, value: str) -> None:
-        super().__init__(f"{field}={value[:40]!r}")
-        self.field = field
-
-
-STATES = (pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN)
-
-
-def _number(field: str, value: str) -> int:
-    # ASCII digits only: int() also takes "١٢" and " 12_0 ", which no version of this code writes.
-    digits = value[1:] if value.startswith("-") else value
-    if not (digits.isascii() and digits.isdigit()):
-        raise UnreadableRecord(field, value)
-    return int(value)
 
 
 def connect(url: str) -> Redis:
@@ -212,17 +157,6 @@ class Hold:
     heard: float
 
 
-def _settings(policy: str, fail_max: str, window_ms: str, reset_ms: str) -> dict[str, str]:
-    """The settings a user sets, by the names they set them with, as far as they decide the trip."""
-    rule = (
-        ("CIRCUIT_WINDOW", f"{int(window_ms) / 1000:g}")
-        if policy == "rate"
-        else ("CIRCUIT_FAIL_MAX", fail_max)
-    )
-    reset = f"{int(reset_ms or 0) / 1000:g}"
-    return {"CIRCUIT_POLICY": policy, rule[0]: rule[1], "CIRCUIT_RESET_TIMEOUT": reset}
-
-
 def _has_transition(entries: list[list[Any]]) -> bool:
     return any(op not in NOT_TRANSITIONS for op, _, _ in entries)
 
@@ -260,20 +194,9 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         self._keys = [f"{{{name}}}:circuit", f"{{{name}}}:trial"]
         self._window_key = f"{{{name}}}:window"
         self._policy = policy
-        self._window_args = (
-            f"{int(policy.window * 1000)},{policy.min_calls},{policy.failure_rate!r},{policy.slow_call_rate!r}"
-            if policy
-            else ""
-        )
-        self._unsent = WindowCounts()  # calls counted here, not yet added to the fleet's window
-        # This instance's calls over the last window, counted again into a window Redis lost.
-        self._recent = CallWindow(policy.window, clock) if policy else None
-        self._recounted = 0  # the seeded version this instance's recent calls were added to
+        self._window = FleetWindow(policy, clock, self._flush_window) if policy else None
         self._lost_at: float | None = None  # when Redis became unreachable, on `clock`
         self._unreadable: UnreadableRecord | None = None
-        self._fleet: WindowCounts | None = None  # the fleet's window, as the last write heard it
-        self._fleet_heard = 0.0
-        self._flush: asyncio.TimerHandle | None = None
         self._channel = f"{{{name}}}:changes"
         self._apply = client.register_script(scripts.APPLY)
         self._read_script = client.register_script(scripts.READ)
@@ -379,10 +302,8 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
     def force(self, state: str) -> None:
         """An operator's open or close: written to Redis whatever the version. A close starts
         the window afresh, here and in Redis, as it starts the count of failures afresh."""
-        if state == pybreaker.STATE_CLOSED:
-            self._unsent, self._fleet = WindowCounts(), None
-            if self._recent is not None:
-                self._recent.clear()
+        if state == pybreaker.STATE_CLOSED and self._window is not None:
+            self._window.clear()
         self._send("force-open" if state == pybreaker.STATE_OPEN else "force-close")
 
     def hold_open(self, seconds: float) -> None:
@@ -402,46 +323,21 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
     def add_to_window(self, failed: bool, slow: bool) -> None:
         """Count a call here; every `WINDOW_FLUSH_INTERVAL` the counts join the fleet's window
         in one write, and Redis trips the circuit on the fleet's totals."""
-        unsent = self._unsent
-        unsent.calls += 1
-        unsent.failures += failed
-        unsent.slow += slow
-        if self._recent is not None:
-            self._recent.record(failed, slow)
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(WINDOW_FLUSH_INTERVAL, self._flush_window)
+        if self._window is not None:
+            self._window.add(failed, slow)
 
     def fleet_window(self) -> WindowCounts | None:
-        if not self.connected or self._policy is None:
+        if not self.connected or self._window is None:
             return None
-        fleet = self._fleet
-        if fleet is None or self._clock() - self._fleet_heard > self._policy.window:
-            fleet = WindowCounts()  # nothing heard within a window: only this process's calls
-        unsent = self._unsent
-        return WindowCounts(
-            fleet.calls + unsent.calls, fleet.failures + unsent.failures, fleet.slow + unsent.slow
-        )
+        return self._window.counts()
 
     def _flush_window(self) -> None:
         """Counts waiting while Redis is unreachable wait on, and go when it is back."""
-        self._flush = None
-        if not self.connected:
+        if not self.connected or self._window is None:
             return
-        unsent, self._unsent = self._unsent, WindowCounts()
-        if unsent.calls and self._state == pybreaker.STATE_CLOSED:
-            self._send("window", f"{unsent.calls},{unsent.failures},{unsent.slow},{self._window_args}")
-
-    def _recount_window(self, version: int) -> None:
-        """Redis lost the circuit, and its window with it: add this instance's calls of the
-        last window again. (Calls flushed between the loss and this can count twice: at
-        most one flush interval of them, and only towards a trip.)"""
-        self._recounted = version
-        if self._recent is None:
-            return
-        recent = self._recent.counts()
-        self._unsent = WindowCounts(recent.calls, recent.failures, recent.slow)
-        if recent.calls and self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(0, self._flush_window)
+        count = self._window.take()
+        if count is not None and self._state == pybreaker.STATE_CLOSED:
+            self._send("window", count)
 
     # The fleet's half-open trial.
 
@@ -512,8 +408,8 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         """Write what is left, then end the background work: within STOP_TIMEOUT whatever
         the Redis client does with the cancellation of its tasks."""
         self._stopping = True
-        if self._flush is not None:
-            self._flush.cancel()
+        if self._window is not None:
+            self._window.cancel()
             self._flush_window()  # the calls counted since the last flush go with what is left
         self._wake.set()  # the writer sends what is left, then returns
         started = time.monotonic()
@@ -565,10 +461,10 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             self._next_base = shared.version
         self._fail_counter = self._with_unsent_failures(shared.fail_counter)
         self._hold = min(shared.hold, self._max_hold)
-        if shared.seeded and shared.version != self._recounted:
-            self._recount_window(shared.version)
-        if state_changed or version_changed:
-            self._fleet = None  # a new state starts a new window
+        if shared.seeded and self._window is not None and shared.version != self._window.recounted:
+            self._window.recount(shared.version)
+        if (state_changed or version_changed) and self._window is not None:
+            self._window.new_state()
         if shared.state != pybreaker.STATE_OPEN or shared.open_age is None:
             self._opened_clock = None
         else:
@@ -644,9 +540,8 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         reply = await shielded(self._apply(keys=keys, args=args))
         self._in_flight = []
         self._heard(Shared.parse(reply), "write")
-        if len(reply) > 8:
-            self._fleet = WindowCounts(*(int(count) for count in reply[8:11]))
-            self._fleet_heard = self._clock()
+        if len(reply) > 8 and self._window is not None:
+            self._window.heard(*(int(count) for count in reply[8:11]))
 
     async def _supervise(self) -> None:
         while not self._stopping:
@@ -814,9 +709,8 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             except (RedisError, OSError):
                 continue
             self.connected = True
-            if self._policy is not None and self._lost_at is not None:
-                if self._clock() - self._lost_at > self._policy.window:
-                    self._unsent = WindowCounts()  # older than the window by now
+            if self._window is not None and self._lost_at is not None:
+                self._window.drop_if_older_than_window(self._lost_at)
                 self._flush_window()  # the counts that waited for their flush
             self._wake.set()  # send what was not written before the outage
             log.warning("Redis is back: the circuit is shared again (%s)", self._state)
@@ -828,8 +722,8 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         (failures in a row counted fleet-wide, or the fleet's window), either's trip opens
         the fleet, and only a trial's success or an operator's reset closes it. The window
         is the first writer's width, whatever CIRCUIT_WINDOW says here."""
-        theirs = _settings(policy or "consecutive", fail_max, window_ms, reset_ms)
-        ours = _settings(
+        theirs = settings_in_use(policy or "consecutive", fail_max, window_ms, reset_ms)
+        ours = settings_in_use(
             "rate" if self._policy else "consecutive",
             str(self._fail_max),
             str(int(self._policy.window * 1000)) if self._policy else "",

@@ -59,7 +59,8 @@ def written(*breakers: AsyncCircuitBreaker) -> Callable[[], bool]:
 
     def check() -> bool:
         return all(
-            not (shared(b)._unsent.calls or shared(b)._writes_pending()) and shared(b).connected
+            not ((shared(b)._window and shared(b)._window.unsent.calls) or shared(b)._writes_pending())
+            and shared(b).connected
             for b in breakers
         )
 
