@@ -656,6 +656,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             self._version,
             self._seq,
             "1" if replace else "0",
+            int(self._hold * 1000) if self._state == pybreaker.STATE_OPEN else 0,
         ]
         counted = len(self._outbox)  # what the seed's count includes
         reply = await shielded(self._seed(keys=self._keys, args=args))

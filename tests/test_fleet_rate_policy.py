@@ -275,3 +275,18 @@ async def test_a_huge_hold_read_back_is_capped(fleet: Fleet, redis_client: redis
     a.trip()  # a change everyone hears, with the huge hold in its snapshot
     await eventually(lambda: shared(b)._hold > 0, within=3, what="the hold heard")
     assert b.seconds_until_trial() <= 60.0
+
+
+async def test_a_retry_after_hold_survives_a_lost_record(fleet: Fleet, redis_client: redis.Redis) -> None:
+    """Found by the fleet model: a record seeded again carried no hold, and the fleet's trial
+    came at the reset timeout instead of when the partner said."""
+    a, b = await fleet(circuit_reset_timeout=1.0), await fleet(circuit_reset_timeout=1.0)
+    await outcome(a, partner_busy(60))
+    await eventually(lambda: b.seconds_until_trial() > 50, what="the hold heard")
+    await eventually(written(a, b), what="all written")
+    redis_client.flushall()
+    await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", within=5, what="seeded again")
+    assert int(redis_client.hget(CIRCUIT, "hold_ms") or 0) >= 59_000
+    await eventually(written(a, b), what="all written")
+    for breaker in (a, b):
+        assert breaker.seconds_until_trial() > 50
