@@ -87,12 +87,14 @@ from redis.retry import Retry
 
 from circuit_breaker import RatePolicy, TrialVerdict, WindowCounts
 from service import redis_scripts as scripts
-from service.fleet_window import FleetWindow
+from service.fleet_window import FLUSH_INTERVAL, FleetWindow
 from service.redis_record import Shared, UnreadableRecord, settings_in_use
 
 log = logging.getLogger("redis_state")
 
 T = TypeVar("T")
+
+WINDOW_FLUSH_INTERVAL = FLUSH_INTERVAL  # where it was before the window had a module of its own
 
 # Redis is local infrastructure: if it cannot answer in a quarter of a second
 # it is down for our purposes, and no request should wait longer on it.
