@@ -27,18 +27,34 @@ pybreaker as the state machine and changes where the state lives; it is the
   clocks never meet, so skew between hosts changes nothing; the error is the
   one-way delay of the message (milliseconds), and always errs on the side of
   staying open a little longer.
-- **The rate policy's window, fleet-wide.** Calls are counted locally and
-  added to the fleet's buckets (ten per window, on Redis's clock) every
-  `WINDOW_FLUSH_INTERVAL`, as one more entry of the batch; the script sums
-  the window and trips the circuit on the fleet's rates, atomically. The
-  fleet's totals are at most one flush interval and a round trip behind.
+- **The rate policy's window, fleet-wide** (`service/fleet_window.py`). Calls
+  are counted locally and added to the fleet's buckets (ten per window, on
+  Redis's clock) every `WINDOW_FLUSH_INTERVAL`, as one more entry of the
+  batch; the script sums the window and trips the circuit on the fleet's
+  rates, atomically. The fleet's totals are at most one flush interval and a
+  round trip behind. The buckets have one width, the first instance's
+  (`CIRCUIT_WINDOW` differing across a rollout is said in one warning line).
+  An operator's reset empties the window, in Redis and here. A trip an
+  instance decided on its own window while Redis was out of reach is a
+  `trip` entry, and opens the fleet when Redis is back, as an open does under
+  the consecutive policy.
 - **Retry-After for the fleet.** A `hold` entry opens the circuit (whatever
   its version) and stretches the open period to at least that long; every
-  snapshot carries it, so no instance lets a trial through before.
-- **A record that can vanish.** A flush, an eviction, a `DEL` or a failover to
-  a replica that missed writes leaves Redis with no circuit, or an older one.
-  An instance notices within one refresh and seeds Redis from its own view:
-  open wins, and half-open counts as open (its trial's lease is gone too).
+  snapshot carries it, so no instance lets a trial through before. A hold
+  that waited in the outbox (Redis out of reach) leaves with what is left of
+  it, counted from when it was heard, and not at all once it is over or a
+  success closed the circuit here.
+- **A record that can vanish, or that cannot be read** (`service/redis_record.py`).
+  A flush, an eviction, a `DEL` or a failover to a replica that missed writes
+  leaves Redis with no circuit, or an older one. An instance notices within
+  one refresh and seeds Redis from its own view: open wins, with its
+  Retry-After hold, and half-open counts as open (its trial's lease is gone
+  too). Every instance then adds its calls of the last window again. A field
+  this version cannot read is logged in one line and the record is written
+  again from this instance's view; if Redis refuses that too, the instance
+  goes degraded (`/health` says so) and tries again from there.
+- **Lua in files of its own** (`service/lua/*.lua`, read once at import by
+  `service/redis_scripts.py`): each decision is one script call, one round trip.
 - **One trial per fleet.** When the reset timeout has passed, the caller that
   wins a lease in Redis (SET NX with an expiry, so a prober that crashes
   cannot wedge the circuit) makes the trial call; every other caller in the
@@ -47,7 +63,10 @@ pybreaker as the state machine and changes where the state lives; it is the
 - **Redis outages.** On the first error (short timeouts, no retries) the
   storage logs one line and carries on with the local view alone; it keeps
   trying in the background, logs one line when Redis is back and reconciles:
-  an open circuit anywhere stays open.
+  an open circuit anywhere stays open. The window's counts waiting for their
+  flush wait on, and go when Redis is back if they are still inside the
+  window. A pub/sub connection that drops while Redis still answers a read
+  is no outage: the instance subscribes again.
 - **A shutdown that always ends.** With redis-py 8.1 on Python 3.11, a task
   cancelled while it awaits a reply often goes on running: in a loop of
   EVALSHAs through `register_script`, 176 of 200 cancelled tasks kept
