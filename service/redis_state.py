@@ -612,6 +612,9 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             except (RedisError, OSError) as exc:
                 if self._stopping:
                     return
+                # Paced, so that a subscribe Redis keeps refusing (an ACL, say) is no busy loop;
+                # the read then catches whatever was published meanwhile.
+                await asyncio.sleep(RECONNECT_INTERVAL)
                 self._heard(await self._read(), "read")  # raises if Redis itself is gone
                 log.info("pub/sub connection lost (%r): subscribed again", exc)
 
