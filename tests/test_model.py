@@ -1,7 +1,8 @@
 """The breaker against a small reference model, driven by random step sequences.
 
 Hypothesis' stateful testing drives `AsyncCircuitBreaker` with successes,
-failures, the partner's 4xx (ignored: pybreaker counts it as a success), this process's
+failures, a 503 with Retry-After (a failure that holds the circuit open longer than the
+reset timeout), the partner's 4xx (ignored: pybreaker counts it as a success), this process's
 own trouble (`not_counted`: nothing), slow calls that end after a transition,
 cancelled calls, clock moves and an operator's `trip` / `reset`;
 once on memory state, once on two or three instances sharing a real
