@@ -143,7 +143,14 @@ def build_breaker(
     lease = settings.partner_timeout + 1
     if redis_client is not None:
         storage = shared = SharedCircuitState(
-            redis_client, BREAKER_NAME, fail_max, settings.circuit_reset_timeout, lease, clock, policy
+            redis_client,
+            BREAKER_NAME,
+            fail_max,
+            settings.circuit_reset_timeout,
+            lease,
+            clock,
+            policy,
+            max_hold=settings.circuit_retry_after_max,
         )
     state_machine = pybreaker.CircuitBreaker(
         fail_max=fail_max,

@@ -27,18 +27,34 @@ pybreaker as the state machine and changes where the state lives; it is the
   clocks never meet, so skew between hosts changes nothing; the error is the
   one-way delay of the message (milliseconds), and always errs on the side of
   staying open a little longer.
-- **The rate policy's window, fleet-wide.** Calls are counted locally and
-  added to the fleet's buckets (ten per window, on Redis's clock) every
-  `WINDOW_FLUSH_INTERVAL`, as one more entry of the batch; the script sums
-  the window and trips the circuit on the fleet's rates, atomically. The
-  fleet's totals are at most one flush interval and a round trip behind.
+- **The rate policy's window, fleet-wide** (`service/fleet_window.py`). Calls
+  are counted locally and added to the fleet's buckets (ten per window, on
+  Redis's clock) every `WINDOW_FLUSH_INTERVAL`, as one more entry of the
+  batch; the script sums the window and trips the circuit on the fleet's
+  rates, atomically. The fleet's totals are at most one flush interval and a
+  round trip behind. The buckets have one width, the first instance's
+  (`CIRCUIT_WINDOW` differing across a rollout is said in one warning line).
+  An operator's reset empties the window, in Redis and here. A trip an
+  instance decided on its own window while Redis was out of reach is a
+  `trip` entry, and opens the fleet when Redis is back, as an open does under
+  the consecutive policy.
 - **Retry-After for the fleet.** A `hold` entry opens the circuit (whatever
   its version) and stretches the open period to at least that long; every
-  snapshot carries it, so no instance lets a trial through before.
-- **A record that can vanish.** A flush, an eviction, a `DEL` or a failover to
-  a replica that missed writes leaves Redis with no circuit, or an older one.
-  An instance notices within one refresh and seeds Redis from its own view:
-  open wins, and half-open counts as open (its trial's lease is gone too).
+  snapshot carries it, so no instance lets a trial through before. A hold
+  that waited in the outbox (Redis out of reach) leaves with what is left of
+  it, counted from when it was heard, and not at all once it is over or a
+  success closed the circuit here.
+- **A record that can vanish, or that cannot be read** (`service/redis_record.py`).
+  A flush, an eviction, a `DEL` or a failover to a replica that missed writes
+  leaves Redis with no circuit, or an older one. An instance notices within
+  one refresh and seeds Redis from its own view: open wins, with its
+  Retry-After hold, and half-open counts as open (its trial's lease is gone
+  too). Every instance then adds its calls of the last window again. A field
+  this version cannot read is logged in one line and the record is written
+  again from this instance's view; if Redis refuses that too, the instance
+  goes degraded (`/health` says so) and tries again from there.
+- **Lua in files of its own** (`service/lua/*.lua`, read once at import by
+  `service/redis_scripts.py`): each decision is one script call, one round trip.
 - **One trial per fleet.** When the reset timeout has passed, the caller that
   wins a lease in Redis (SET NX with an expiry, so a prober that crashes
   cannot wedge the circuit) makes the trial call; every other caller in the
@@ -47,7 +63,10 @@ pybreaker as the state machine and changes where the state lives; it is the
 - **Redis outages.** On the first error (short timeouts, no retries) the
   storage logs one line and carries on with the local view alone; it keeps
   trying in the background, logs one line when Redis is back and reconciles:
-  an open circuit anywhere stays open.
+  an open circuit anywhere stays open. The window's counts waiting for their
+  flush wait on, and go when Redis is back if they are still inside the
+  window. A pub/sub connection that drops while Redis still answers a read
+  is no outage: the instance subscribes again.
 - **A shutdown that always ends.** With redis-py 8.1 on Python 3.11, a task
   cancelled while it awaits a reply often goes on running: in a loop of
   EVALSHAs through `register_script`, 176 of 200 cancelled tasks kept
@@ -82,14 +101,19 @@ from typing import Any, Literal, TypeVar
 import pybreaker
 from redis.asyncio import Redis, RedisCluster
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from circuit_breaker import RatePolicy, TrialVerdict, WindowCounts
+from service import redis_scripts as scripts
+from service.fleet_window import FLUSH_INTERVAL, FleetWindow
+from service.redis_record import Shared, UnreadableRecord, settings_in_use
 
 log = logging.getLogger("redis_state")
 
 T = TypeVar("T")
+
+WINDOW_FLUSH_INTERVAL = FLUSH_INTERVAL  # where it was before the window had a module of its own
 
 # Redis is local infrastructure: if it cannot answer in a quarter of a second
 # it is down for our purposes, and no request should wait longer on it.
@@ -104,238 +128,6 @@ STOP_TIMEOUT = 2.0
 Source = Literal["write", "read", "message", "seed"]
 COUNTS = ("failures", "reset-failures")  # outbox entries that count failures in a row
 NOT_TRANSITIONS = (*COUNTS, "window")  # the others are transitions
-# How often an instance adds its calls to the fleet's window (rate policy): the fleet's
-# totals, and so its trip, are at most this far behind, plus one round trip.
-WINDOW_FLUSH_INTERVAL = 0.2
-
-_SNAPSHOT = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
--- state, fail counter, age of the open period in ms on Redis's clock, version, exists,
--- seq, bumped by every change, so that an older snapshot is told from a newer one, and
--- hold_ms: how long from its start the open period lasts at least (a Retry-After)
-local function snapshot()
-  local s = redis.call('HMGET', KEYS[1], 'state', 'fail_counter', 'opened_at', 'version', 'seq', 'hold_ms')
-  local age = ''
-  if s[3] then age = tostring(now_ms() - tonumber(s[3])) end
-  local exists = tostring(redis.call('EXISTS', KEYS[1]))
-  return {s[1] or 'closed', s[2] or '0', age, s[4] or '0', exists, s[5] or '0', s[6] or '0'}
-end
-local function publish()
-  redis.call('HINCRBY', KEYS[1], 'seq', 1)
-  redis.call('PUBLISH', ARGV[1], table.concat(snapshot(), ','))
-end
-local function transition(to, open_age_ms)
-  redis.call('HSET', KEYS[1], 'state', to)
-  redis.call('HINCRBY', KEYS[1], 'version', 1)
-  redis.call('HDEL', KEYS[1], 'seeded', 'hold_ms')
-  -- A new state starts a new window (KEYS[4], in the scripts that keep one).
-  if KEYS[4] and to ~= 'half-open' then redis.call('DEL', KEYS[4]) end
-  if to == 'open' then redis.call('HSET', KEYS[1], 'opened_at', now_ms() - (open_age_ms or 0)) end
-  if to == 'closed' then redis.call('HSET', KEYS[1], 'fail_counter', 0) end
-  if to ~= 'half-open' then redis.call('DEL', KEYS[2]) end
-end
-"""
-
-# KEYS: circuit hash, trial lease, this writer's last batch, the fleet's call window.
-# ARGV: channel, fail_max, the batch's id, then entries of three: op, the version it is
-# based on, a count. An entry based on another version is stale and refused; a forced
-# one (and a Retry-After's hold) applies whatever the version. A batch sent again after
-# a lost reply is applied once. A `window` entry's count is "calls,failures,slow,
-# window ms,min calls,failure rate,slow call rate": its calls join the fleet's buckets
-# (ten per window, on Redis's clock) and the rates over them decide the trip. The reply
-# is the snapshot, then the window's calls, failures and slow calls if it has one.
-_APPLY = (
-    _SNAPSHOT
-    + """
-local function window_totals(width)
-  local oldest = math.floor(now_ms() / width) - 9
-  local totals = {0, 0, 0}
-  local fields = redis.call('HGETALL', KEYS[4])
-  for j = 1, #fields, 2 do
-    local bucket, kind = string.match(fields[j], '^(%-?%d+):(%d)$')
-    if tonumber(bucket) < oldest then
-      redis.call('HDEL', KEYS[4], fields[j])
-    else
-      totals[tonumber(kind)] = totals[tonumber(kind)] + tonumber(fields[j + 1])
-    end
-  end
-  return totals
-end
-if redis.call('GET', KEYS[3]) == ARGV[3] then return snapshot() end
-redis.call('SET', KEYS[3], ARGV[3], 'EX', 3600)
-local fail_max = tonumber(ARGV[2])
-local changed = false
-local window = nil
-for i = 4, #ARGV, 3 do
-  local op, base, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local s = redis.call('HMGET', KEYS[1], 'state', 'version', 'fail_counter')
-  local state, version = s[1] or 'closed', s[2] or '0'
-  local current = (op == 'force-open' or op == 'force-close' or op == 'hold') or (s[2] and version == base)
-  if op == 'window' and current and state == 'closed' then
-    local v = {}
-    for x in string.gmatch(ARGV[i + 2], '[^,]+') do table.insert(v, tonumber(x)) end
-    local width = v[4] / 10
-    local bucket = math.floor(now_ms() / width)
-    for kind = 1, 3 do
-      if v[kind] > 0 then redis.call('HINCRBY', KEYS[4], bucket .. ':' .. kind, v[kind]) end
-    end
-    redis.call('PEXPIRE', KEYS[4], math.ceil(v[4] * 2))
-    window = window_totals(width)
-    local calls = window[1]
-    if calls >= v[5] and (window[2] >= v[6] * calls or window[3] >= v[7] * calls) then
-      transition('open'); changed = true
-      window = {0, 0, 0}
-    end
-  elseif op == 'hold' then
-    -- A Retry-After: open if not open, and no trial for n ms from now.
-    if state ~= 'open' then transition('open') end
-    local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_at'))
-    local held = tonumber(redis.call('HGET', KEYS[1], 'hold_ms') or '0')
-    redis.call('HSET', KEYS[1], 'hold_ms', math.max(held, now_ms() - opened + n))
-    changed = true
-  elseif current then
-    if op == 'failures' or op == 'reset-failures' then
-      if op == 'reset-failures' then redis.call('HSET', KEYS[1], 'fail_counter', 0) end
-      local count = redis.call('HINCRBY', KEYS[1], 'fail_counter', n)
-      if state == 'closed' and count >= fail_max then transition('open') end
-      changed = true
-    elseif op == 'open' or op == 'force-open' then
-      -- A closed circuit opens on the fleet's count, not on one instance's view of it.
-      -- An open based on this very version of an open circuit is a trial that instance
-      -- made alone while Redis was out of reach, and that failed: its open wins, as a
-      -- new period from now, or the fleet would let another trial through at once.
-      if state == 'half-open' or op == 'force-open' and state ~= 'open'
-         or state == 'closed' and tonumber(s[3] or '0') >= fail_max
-         or op == 'open' and state == 'open' then
-        transition('open'); changed = true
-      end
-    elseif op == 'close' or op == 'force-close' then
-      -- A record seeded after a loss is open from then on: a trial's success that
-      -- was on its way before the loss does not close it (a new trial will).
-      local reseeded = op == 'close' and redis.call('HGET', KEYS[1], 'seeded') == '1'
-      if state ~= 'closed' and not reseeded then
-        transition('closed'); changed = true
-      elseif op == 'force-close' then
-        -- Already closed: no transition, but a new generation with a clean count,
-        -- so that calls admitted before the operator's close count for nothing.
-        redis.call('HSET', KEYS[1], 'fail_counter', 0)
-        redis.call('HINCRBY', KEYS[1], 'version', 1)
-        changed = true
-      end
-    end
-  end
-end
-if changed then publish() end
-local reply = snapshot()
-if window then
-  for kind = 1, 3 do table.insert(reply, window[kind]) end
-end
-return reply
-"""
-)
-
-# KEYS: circuit hash, trial lease. ARGV: channel, reset timeout ms, lease ms, this grant's
-# token ("owner:n"), owner.
-_ACQUIRE_TRIAL = (
-    _SNAPSHOT
-    + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost', unpack(snapshot())} end
-local s = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'hold_ms')
-if s[1] == 'closed' then return {'closed', unpack(snapshot())} end
-local period = math.max(tonumber(ARGV[2]), tonumber(s[3] or '0'))
-if s[1] == 'open' and s[2] and now_ms() < tonumber(s[2]) + period then
-  return {'open', unpack(snapshot())}
-end
-if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then
-  -- The lease's holder may take it again, with a new token, for its next trial when
-  -- half-open needs several: a late release of the earlier grant then deletes nothing.
-  local holder = redis.call('GET', KEYS[2])
-  if not holder or string.sub(holder, 1, #ARGV[5] + 1) ~= ARGV[5] .. ':' then
-    return {'busy', unpack(snapshot())}
-  end
-  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
-end
-if s[1] == 'open' then transition('half-open'); publish() end
-return {'granted', unpack(snapshot())}
-"""
-)
-
-# KEYS: circuit hash, trial lease. ARGV: channel, the grant's token.
-_RELEASE_TRIAL = (
-    _SNAPSHOT
-    + """
-if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]); publish() end
-"""
-)
-
-# KEYS: circuit hash. ARGV: channel, fail_max, reset timeout ms. Creates the circuit
-# if there is none; returns its snapshot and the settings its first writer gave it.
-_INIT = (
-    _SNAPSHOT
-    + """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'state', 'closed', 'fail_counter', 0, 'version', 1, 'seq', 0)
-end
-redis.call('HSETNX', KEYS[1], 'fail_max', ARGV[2])
-redis.call('HSETNX', KEYS[1], 'reset_timeout_ms', ARGV[3])
-local settings = redis.call('HMGET', KEYS[1], 'fail_max', 'reset_timeout_ms')
-local reply = snapshot()
-table.insert(reply, settings[1]); table.insert(reply, settings[2])
-return reply
-"""
-)
-
-# KEYS: circuit hash, trial lease. ARGV: channel, state ('open' or 'closed'),
-# fail counter, age of the open period in ms, the version and seq this instance had seen.
-# Writes this instance's view where Redis lost the circuit; where another instance
-# seeded it first, an open view still wins over a seeded closed one.
-_SEED = (
-    _SNAPSHOT
-    + """
-local s = redis.call('HMGET', KEYS[1], 'state', 'version', 'seeded')
-local seen = tonumber(ARGV[5])
-if s[2] and tonumber(s[2]) >= seen then
-  if ARGV[2] == 'open' and s[1] == 'closed' and s[3] == '1' then
-    transition('open', tonumber(ARGV[4])); redis.call('HSET', KEYS[1], 'seeded', 1); publish()
-  end
-  return {'found', unpack(snapshot())}
-end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'fail_counter', ARGV[3], 'version', seen, 'seeded', 1,
-           'seq', ARGV[6])
-if ARGV[2] == 'open' then redis.call('HSET', KEYS[1], 'opened_at', now_ms() - tonumber(ARGV[4])) end
-redis.call('DEL', KEYS[2])
-publish()
-return {'seeded', unpack(snapshot())}
-"""
-)
-
-_READ = _SNAPSHOT + "return snapshot()"
-
-
-@dataclass(frozen=True)
-class Shared:
-    """The circuit as Redis holds it; `open_age` is measured on Redis's clock."""
-
-    state: str
-    fail_counter: int
-    open_age: float | None
-    version: int
-    exists: bool
-    seq: int
-    hold: float  # the open period lasts at least this long from its start (a Retry-After)
-
-    @classmethod
-    def parse(cls, fields: list[Any]) -> Shared:
-        state, counter, age, version, exists, seq, hold_ms = (
-            f.decode() if isinstance(f, bytes) else str(f) for f in fields[:7]
-        )
-        age_seconds = int(age) / 1000 if age else None
-        return cls(
-            state, int(counter), age_seconds, int(version), exists == "1", int(seq), int(hold_ms) / 1000
-        )
 
 
 def connect(url: str) -> Redis:
@@ -378,6 +170,14 @@ async def shielded(awaitable: Awaitable[T], cancel_inner: bool = True) -> T:
         raise
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A Retry-After waiting in the outbox, with when it was heard (on the instance's clock)."""
+
+    seconds: float
+    heard: float
+
+
 def _has_transition(entries: list[list[Any]]) -> bool:
     return any(op not in NOT_TRANSITIONS for op, _, _ in entries)
 
@@ -399,8 +199,12 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         lease_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         policy: RatePolicy | None = None,
+        max_hold: float = 300.0,
     ) -> None:
+        """`max_hold`: the longest Retry-After hold taken from Redis (CIRCUIT_RETRY_AFTER_MAX):
+        a record is input, and a `hold_ms` written by hand must not hold the fleet for days."""
         super().__init__("redis")
+        self._max_hold = max_hold
         self._client = client
         self._breaker_name = name
         self._fail_max = fail_max
@@ -411,22 +215,16 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         self._keys = [f"{{{name}}}:circuit", f"{{{name}}}:trial"]
         self._window_key = f"{{{name}}}:window"
         self._policy = policy
-        self._window_args = (
-            f"{int(policy.window * 1000)},{policy.min_calls},{policy.failure_rate!r},{policy.slow_call_rate!r}"
-            if policy
-            else ""
-        )
-        self._unsent = WindowCounts()  # calls counted here, not yet added to the fleet's window
-        self._fleet: WindowCounts | None = None  # the fleet's window, as the last write heard it
-        self._fleet_heard = 0.0
-        self._flush: asyncio.TimerHandle | None = None
+        self._window = FleetWindow(policy, clock, self._flush_window) if policy else None
+        self._lost_at: float | None = None  # when Redis became unreachable, on `clock`
+        self._unreadable: UnreadableRecord | None = None
         self._channel = f"{{{name}}}:changes"
-        self._apply = client.register_script(_APPLY)
-        self._read_script = client.register_script(_READ)
-        self._acquire = client.register_script(_ACQUIRE_TRIAL)
-        self._release = client.register_script(_RELEASE_TRIAL)
-        self._init = client.register_script(_INIT)
-        self._seed = client.register_script(_SEED)
+        self._apply = client.register_script(scripts.APPLY)
+        self._read_script = client.register_script(scripts.READ)
+        self._acquire = client.register_script(scripts.ACQUIRE_TRIAL)
+        self._release = client.register_script(scripts.RELEASE_TRIAL)
+        self._init = client.register_script(scripts.INIT)
+        self._seed = client.register_script(scripts.SEED)
 
         self._state = pybreaker.STATE_CLOSED
         self._fail_counter = 0
@@ -466,11 +264,21 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             return
         if state in (pybreaker.STATE_OPEN, pybreaker.STATE_CLOSED):
             # A transition made here: Redis applies it only if no other got there first.
-            self._send("open" if state == pybreaker.STATE_OPEN else "close")
+            self._send(self._transition_op(state))
             self._next_base += 1
+        if state == pybreaker.STATE_CLOSED:
+            # A success closed it: a Retry-After heard before, not sent yet, is over.
+            self._outbox = [entry for entry in self._outbox if entry[0] != "hold"]
         if state == pybreaker.STATE_OPEN:
             self._opened_clock = self._clock()
         self._change(state)
+
+    def _transition_op(self, state: str) -> str:
+        if state == pybreaker.STATE_CLOSED:
+            return "close"
+        # Connected, the rate policy's trip is decided in Redis: one decided here was made on
+        # this instance's own window while Redis was out of reach, and wins when it is back.
+        return "trip" if self._policy is not None and self._state == pybreaker.STATE_CLOSED else "open"
 
     def increment_counter(self) -> None:
         self._fail_counter += 1
@@ -513,12 +321,15 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         return max(0.0, self._opened_clock + period - self._clock())
 
     def force(self, state: str) -> None:
-        """An operator's open or close: written to Redis whatever the version."""
+        """An operator's open or close: written to Redis whatever the version. A close starts
+        the window afresh, here and in Redis, as it starts the count of failures afresh."""
+        if state == pybreaker.STATE_CLOSED and self._window is not None:
+            self._window.clear()
         self._send("force-open" if state == pybreaker.STATE_OPEN else "force-close")
 
     def hold_open(self, seconds: float) -> None:
         """A Retry-After: open now if not open, no trial for `seconds`; for the whole fleet."""
-        self._send("hold", int(seconds * 1000))
+        self._send("hold", Hold(seconds, self._clock()))
         if self._state != pybreaker.STATE_OPEN:
             self._next_base += 1  # the hold opens it: a transition, as Redis will count it
             self._opened_clock = self._clock()
@@ -533,29 +344,21 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
     def add_to_window(self, failed: bool, slow: bool) -> None:
         """Count a call here; every `WINDOW_FLUSH_INTERVAL` the counts join the fleet's window
         in one write, and Redis trips the circuit on the fleet's totals."""
-        unsent = self._unsent
-        unsent.calls += 1
-        unsent.failures += failed
-        unsent.slow += slow
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(WINDOW_FLUSH_INTERVAL, self._flush_window)
+        if self._window is not None:
+            self._window.add(failed, slow)
 
     def fleet_window(self) -> WindowCounts | None:
-        if not self.connected or self._policy is None:
+        if not self.connected or self._window is None:
             return None
-        fleet = self._fleet
-        if fleet is None or self._clock() - self._fleet_heard > self._policy.window:
-            fleet = WindowCounts()  # nothing heard within a window: only this process's calls
-        unsent = self._unsent
-        return WindowCounts(
-            fleet.calls + unsent.calls, fleet.failures + unsent.failures, fleet.slow + unsent.slow
-        )
+        return self._window.counts()
 
     def _flush_window(self) -> None:
-        self._flush = None
-        unsent, self._unsent = self._unsent, WindowCounts()
-        if unsent.calls and self.connected and self._state == pybreaker.STATE_CLOSED:
-            self._send("window", f"{unsent.calls},{unsent.failures},{unsent.slow},{self._window_args}")
+        """Counts waiting while Redis is unreachable wait on, and go when it is back."""
+        if not self.connected or self._window is None:
+            return
+        count = self._window.take()
+        if count is not None and self._state == pybreaker.STATE_CLOSED:
+            self._send("window", count)
 
     # The fleet's half-open trial.
 
@@ -583,7 +386,11 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         if verdict == "lost":
             self._suspect_lost()
             return "open"
-        self._heard(Shared.parse(reply[1:]), "read")
+        try:
+            self._heard(Shared.parse(reply[1:]), "read")
+        except UnreadableRecord as bad:
+            self._found_unreadable(bad)
+            return "open"
         if verdict == "busy":
             self._busy_until = self._clock() + self._lease_ms / 1000
         elif verdict == "granted":
@@ -604,20 +411,26 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
 
     async def start(self) -> None:
         """Load the shared state (Redis must answer now), then keep in step in the background."""
-        reply = await shielded(
-            self._init(keys=self._keys, args=[self._channel, self._fail_max, self._reset_timeout_ms])
+        policy, window_ms = (
+            ("rate", str(int(self._policy.window * 1000))) if self._policy else ("consecutive", "")
         )
-        self._warn_if_settings_differ(reply[7], reply[8])
-        self._heard(Shared.parse(reply), "seed")
+        args: list[str | int] = [self._channel, self._fail_max, self._reset_timeout_ms, policy, window_ms]
+        reply = await shielded(self._init(keys=self._keys, args=args))
+        self._warn_if_settings_differ(*(field.decode() if field else "" for field in reply[-4:]))
         self.connected = True
+        try:
+            self._heard(Shared.parse(reply), "seed")
+        except UnreadableRecord as bad:
+            self._found_unreadable(bad)
+            await self._check_record()
         self._supervisor = asyncio.create_task(self._supervise(), name="redis-state")
 
     async def stop(self) -> None:
         """Write what is left, then end the background work: within STOP_TIMEOUT whatever
         the Redis client does with the cancellation of its tasks."""
         self._stopping = True
-        if self._flush is not None:
-            self._flush.cancel()
+        if self._window is not None:
+            self._window.cancel()
             self._flush_window()  # the calls counted since the last flush go with what is left
         self._wake.set()  # the writer sends what is left, then returns
         started = time.monotonic()
@@ -668,9 +481,11 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         if not self._transitions_pending():
             self._next_base = shared.version
         self._fail_counter = self._with_unsent_failures(shared.fail_counter)
-        self._hold = shared.hold
-        if state_changed or version_changed:
-            self._fleet = None  # a new state starts a new window
+        self._hold = min(shared.hold, self._max_hold)
+        if shared.seeded and self._window is not None and shared.version != self._window.recounted:
+            self._window.recount(shared.version)
+        if (state_changed or version_changed) and self._window is not None:
+            self._window.new_state()
         if shared.state != pybreaker.STATE_OPEN or shared.open_age is None:
             self._opened_clock = None
         else:
@@ -689,7 +504,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         if changed:
             self.on_change()
 
-    def _send(self, op: str, count: int | str = 0) -> None:
+    def _send(self, op: str, count: int | str | Hold = 0) -> None:
         if len(self._outbox) >= MAX_OUTBOX:
             self._outbox.pop(0)
             self._dropped += 1
@@ -730,13 +545,24 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         return Shared.parse(await shielded(self._read_script(keys=self._keys)))
 
     async def _write(self, batch: list[list[Any]], batch_id: int) -> None:
-        args = [self._channel, self._fail_max, batch_id, *(value for entry in batch for value in entry)]
+        """Send the batch in flight; its reply settles it (nothing of it is pending any more
+        when the reply is heard, or a transition in it would keep this instance's next
+        writes on the version before it)."""
+        args: list[Any] = [self._channel, self._fail_max, batch_id]
+        for op, base, count in batch:
+            if isinstance(count, Hold):
+                # What is left of it now: a hold heard during an outage counts from then.
+                left = int((count.seconds - (self._clock() - count.heard)) * 1000)
+                if left <= 0:
+                    continue
+                count = left
+            args += [op, base, count]
         keys = [*self._keys, self._written_key, self._window_key]
         reply = await shielded(self._apply(keys=keys, args=args))
+        self._in_flight = []
         self._heard(Shared.parse(reply), "write")
-        if len(reply) > 7:
-            self._fleet = WindowCounts(*(int(count) for count in reply[7:10]))
-            self._fleet_heard = self._clock()
+        if len(reply) > 8 and self._window is not None:
+            self._window.heard(*(int(count) for count in reply[8:11]))
 
     async def _supervise(self) -> None:
         while not self._stopping:
@@ -747,6 +573,13 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._write_outbox())
                     group.create_task(self._follow_changes())
+            except* UnreadableRecord as bad:
+                first = bad.exceptions[0]
+                assert isinstance(first, UnreadableRecord)
+                self._found_unreadable(first)
+            except* ResponseError as failed:
+                # A script that fails on the record's fields is an unreadable record too.
+                self._found_unreadable(UnreadableRecord("a field", str(failed.exceptions[0])))
             except* (RedisError, OSError) as failure:
                 self._lose(failure.exceptions[0])
 
@@ -766,11 +599,26 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             # A batch whose reply was lost (a reconnect, a cancel) stays in flight and is
             # sent again with its id: Redis applies it once, whether or not it had it.
             await self._write(self._in_flight, self._batch_id)
-            self._in_flight = []
             if self._outbox or self._stopping:
                 self._wake.set()  # once more: send what came in meanwhile, or return
 
     async def _follow_changes(self) -> None:
+        """Hear the fleet's changes. A pub/sub connection that drops (a `CLIENT KILL`, a proxy's
+        idle timeout) is not an outage while Redis answers a read: subscribe again and
+        carry on, with the counts waiting for their flush still shared."""
+        while not self._stopping:
+            try:
+                await self._subscribed()
+            except (RedisError, OSError) as exc:
+                if self._stopping:
+                    return
+                # Paced, so that a subscribe Redis keeps refusing (an ACL, say) is no busy loop;
+                # the read then catches whatever was published meanwhile.
+                await asyncio.sleep(RECONNECT_INTERVAL)
+                self._heard(await self._read(), "read")  # raises if Redis itself is gone
+                log.info("pub/sub connection lost (%r): subscribed again", exc)
+
+    async def _subscribed(self) -> None:
         pubsub = self._client.pubsub()
         try:
             await shielded(pubsub.subscribe(self._channel))
@@ -792,13 +640,33 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         """A snapshot said the circuit is gone or older than ours: confirm with a read made
         now (versions never go down in Redis), then seed it from this process's view."""
         self._lost_record = False
-        shared = await self._read()
+        if self._unreadable is not None:
+            bad, self._unreadable = self._unreadable, None
+            await self._replace_unreadable(bad)
+            return
+        try:
+            shared = await self._read()
+        except UnreadableRecord as bad:
+            await self._replace_unreadable(bad)
+            return
         if shared.exists and shared.version >= self._version:
             self._heard(shared, "read")
             return
         await self._seed_from_view(reason="missing" if not shared.exists else "older than this instance's")
 
-    async def _seed_from_view(self, reason: str) -> None:
+    def _found_unreadable(self, bad: UnreadableRecord) -> None:
+        self._unreadable = bad
+        self._suspect_lost()
+
+    async def _replace_unreadable(self, bad: UnreadableRecord) -> None:
+        """Write this instance's view over a record it cannot read; if Redis refuses that too,
+        go degraded (deciding alone, `/health` says so) and try again from there."""
+        try:
+            await self._seed_from_view(reason=f"unreadable ({bad})", replace=True)
+        except (ResponseError, UnreadableRecord) as exc:
+            raise ConnectionError(f"the circuit's record in Redis cannot be replaced: {exc}") from exc
+
+    async def _seed_from_view(self, reason: str, replace: bool = False) -> None:
         is_open = self._state != pybreaker.STATE_CLOSED
         # Half-open counts as open, from now: its trial's lease is gone with the record.
         age = 0.0
@@ -811,6 +679,8 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             int(age * 1000),
             self._version,
             self._seq,
+            "1" if replace else "0",
+            int(self._hold * 1000) if self._state == pybreaker.STATE_OPEN else 0,
         ]
         counted = len(self._outbox)  # what the seed's count includes
         reply = await shielded(self._seed(keys=self._keys, args=args))
@@ -837,6 +707,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             return
         log.warning("Redis lost (%r): the circuit carries on with this process's state", error)
         self.connected = False
+        self._lost_at = self._clock()
         if self._supervisor and asyncio.current_task() is not self._supervisor and not self._stopping:
             # Lost from a request's call: restart the background work, which reconnects first.
             self._supervisor.cancel()
@@ -849,7 +720,11 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         while not self._stopping:
             await asyncio.sleep(RECONNECT_INTERVAL)
             try:
-                shared = await self._read()
+                try:
+                    shared = await self._read()
+                except UnreadableRecord as bad:
+                    await self._replace_unreadable(bad)
+                    shared = await self._read()
                 if not shared.exists or shared.version < self._version:
                     await self._seed_from_view(reason="reset while it was unreachable")
                 elif shared.version > self._version:
@@ -859,22 +734,41 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             except (RedisError, OSError):
                 continue
             self.connected = True
+            if self._window is not None and self._lost_at is not None:
+                self._window.drop_if_older_than_window(self._lost_at)
+                self._flush_window()  # the counts that waited for their flush
             self._wake.set()  # send what was not written before the outage
             log.warning("Redis is back: the circuit is shared again (%s)", self._state)
             return
 
-    def _warn_if_settings_differ(self, fail_max: bytes | None, reset_ms: bytes | None) -> None:
-        theirs = (int(fail_max or self._fail_max), int(reset_ms or self._reset_timeout_ms))
-        if theirs != (self._fail_max, self._reset_timeout_ms):
+    def _warn_if_settings_differ(self, fail_max: str, reset_ms: str, policy: str, window_ms: str) -> None:
+        """One line, in the settings' own names, when the first instance that wrote the record
+        had other settings. A mixed fleet stays safe: every instance trips on its own rule
+        (failures in a row counted fleet-wide, or the fleet's window), either's trip opens
+        the fleet, and only a trial's success or an operator's reset closes it. The window
+        is the first writer's width, whatever CIRCUIT_WINDOW says here."""
+        theirs = settings_in_use(policy or "consecutive", fail_max, window_ms, reset_ms)
+        ours = settings_in_use(
+            "rate" if self._policy else "consecutive",
+            str(self._fail_max),
+            str(int(self._policy.window * 1000)) if self._policy else "",
+            str(self._reset_timeout_ms),
+        )
+        differ = [name for name in (*theirs, *ours) if theirs.get(name) != ours.get(name)]
+        if differ:
+
+            def say(settings: dict[str, str]) -> str:
+                return " ".join(
+                    f"{name}={settings[name]}" for name in dict.fromkeys(differ) if name in settings
+                )
+
             log.warning(
-                "circuit %r is shared with instances that use CIRCUIT_FAIL_MAX=%d and "
-                "CIRCUIT_RESET_TIMEOUT=%g; this one uses %d and %g: the fleet's trip and "
-                "trial follow each instance's own settings",
+                "circuit %r is shared with instances that use %s; this one uses %s: each trips on "
+                "its own rule, either's trip opens the fleet, trials follow each one's reset "
+                "timeout, and the fleet's window is the first one's",
                 self._breaker_name,
-                theirs[0],
-                theirs[1] / 1000,
-                self._fail_max,
-                self._reset_timeout_ms / 1000,
+                say(theirs),
+                say(ours),
             )
 
     def _background(self, awaitable: Awaitable[object]) -> None:

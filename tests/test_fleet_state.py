@@ -402,7 +402,7 @@ async def test_instances_with_different_settings_say_so_in_one_line(
     await fleet(circuit_fail_max=5)
     lines = [r.getMessage() for r in caplog.records if "is shared with instances that use" in r.getMessage()]
     assert len(lines) == 1
-    assert "CIRCUIT_FAIL_MAX=3" in lines[0] and "uses 5" in lines[0]
+    assert "use CIRCUIT_FAIL_MAX=3;" in lines[0] and "uses CIRCUIT_FAIL_MAX=5:" in lines[0]
 
 
 # A shutdown that always ends
@@ -507,13 +507,22 @@ async def test_a_trial_that_failed_while_redis_was_out_of_reach_starts_a_new_ope
     await eventually(lambda: not shared(a)._writes_pending() and shared(a)._seq >= seq, what="a settled")
     reset_timeout_passed(redis_client, clock)
     # Only a loses Redis, long enough to make the trial alone; Redis never sees it half-open.
+    # (Its connections are killed, and its reads fail until the trial is made: a lost
+    # pub/sub connection alone is no outage while a read still answers.)
     monkeypatch.setattr(redis_state, "RECONNECT_INTERVAL", 1.0)
+    read = shared(a)._read
+
+    async def cut_off() -> redis_state.Shared:
+        raise redis.exceptions.ConnectionError("a is cut off")
+
+    monkeypatch.setattr(shared(a), "_read", cut_off)
     for connection in a_connections:
         redis_client.client_kill_filter(_id=connection)
     await eventually(lambda: not shared(a).connected, what="a sees the outage")
     with pytest.raises(PartnerDown):
         await a.call(fail)  # the trial, decided alone, fails: open again here
     assert a.state_name == "open"
+    monkeypatch.setattr(shared(a), "_read", read)
     await eventually(
         lambda: shared(a).connected and not shared(a)._writes_pending(), within=BOUND, what="a back"
     )

@@ -1,7 +1,8 @@
 """The breaker against a small reference model, driven by random step sequences.
 
 Hypothesis' stateful testing drives `AsyncCircuitBreaker` with successes,
-failures, the partner's 4xx (ignored: pybreaker counts it as a success), this process's
+failures, a 503 with Retry-After (a failure that holds the circuit open longer than the
+reset timeout), the partner's 4xx (ignored: pybreaker counts it as a success), this process's
 own trouble (`not_counted`: nothing), slow calls that end after a transition,
 cancelled calls, clock moves and an operator's `trip` / `reset`;
 once on memory state, once on two or three instances sharing a real
@@ -75,7 +76,10 @@ FLEET_SLACK = 3.0
 # Skew: every instance has its own clock, far apart (0 catches a "not opened_clock" slip).
 CLOCK_STARTS = (0.0, 1000.0, 123.5, 1e6)
 ADVANCES = (0.25, 1.0, 10.0, 29.75, 30.0, 30.0, 45.0)
-OUTCOMES = ("success", "failure", "ignored", "released")
+OUTCOMES = ("success", "failure", "ignored", "released", "busy")
+# A partner's 503 with `Retry-After: 45`: a failure that holds the circuit open that long,
+# longer than the reset timeout (and under CIRCUIT_RETRY_AFTER_MAX's default).
+HOLD = 45.0
 INSTANCE = st.integers(0, 2)
 
 CI = bool(os.environ.get("CI"))
@@ -85,8 +89,13 @@ class LocalTrouble(Exception):
     """This process's own trouble (out of descriptors, say): passed as `not_counted`."""
 
 
+class PartnerBusy(PartnerDown):
+    retry_after = HOLD
+
+
 RAISED: dict[str, type[Exception]] = {
     "failure": PartnerDown,
+    "busy": PartnerBusy,
     "ignored": PartnerDeclined,
     "released": LocalTrouble,
 }
@@ -139,6 +148,7 @@ class Model:
     state: str = "closed"
     counter: int = 0
     opened_at: float = 0.0
+    hold_until: float = 0.0  # a Retry-After: no trial before this, on the model's clock
     now: float = 0.0
     generation: int = 0
     permits: dict[int, int] = field(default_factory=dict)  # instance -> the call holding its trial
@@ -149,7 +159,7 @@ class Model:
     cut: list[int] = field(default_factory=list)  # ended by an opening circuit, not yet seen ending
 
     def remaining(self) -> float:
-        return max(0.0, self.opened_at + RESET_TIMEOUT - self.now)
+        return max(0.0, self.opened_at + RESET_TIMEOUT - self.now, self.hold_until - self.now)
 
     def decide(self, instance: int) -> tuple[str | None, bool]:
         """Why a call on `instance` is refused (None: admitted), and whether it may also be
@@ -191,17 +201,21 @@ class Model:
                 self.lease = None  # no outcome: the permit is handed back, to the whole fleet
         if outcome in ("cancelled", "released") or ticket.generation != self.generation:
             return  # nothing to record, or stale: counts for nothing
-        if outcome == "failure":
+        if outcome in ("failure", "busy"):
             self.counter += 1
             if self.state == "half-open" or self.counter >= FAIL_MAX:
                 self.open()
+            if outcome == "busy":  # the partner said when to come back: open until then
+                if self.state != "open":
+                    self.open()
+                self.hold_until = max(self.hold_until, self.now + HOLD)
         else:  # a success, or the partner's 4xx: pybreaker counts an excluded error as a success
             self.counter = 0
             if self.state == "half-open":
                 self.close()
 
     def open(self) -> None:
-        self.state, self.opened_at = "open", self.now
+        self.state, self.opened_at, self.hold_until = "open", self.now, 0.0
         self.generation += 1
         self.lease = None
         for ticket in list(self.pending.values()):  # calls still waiting are cut short
@@ -596,14 +610,28 @@ def machine_settings(max_examples: int, steps: int) -> settings:
     )
 
 
+# Examples and steps per example: `make test` runs the small size (seconds), the `long` mark
+# the full one; MODEL_EXAMPLES=N sets the examples of both, for a longer hunt.
+MEMORY_SIZES = {"small": (60, 25), "full": (400, 40)}
+FLEET_SIZES = {"small": (12, 15), "full": (40, 25)}
+SIZES = [pytest.param("small"), pytest.param("full", marks=pytest.mark.long)]
+
+
+def sized(sizes: dict[str, tuple[int, int]], size: str) -> tuple[int, int]:
+    examples, steps = sizes[size]
+    return int(os.environ.get("MODEL_EXAMPLES", examples)), steps
+
+
 @pytest.mark.timeout(120)
-def test_memory_state_follows_the_model() -> None:
-    run_state_machine_as_test(BreakerMachine, settings=machine_settings(400, 40))
+@pytest.mark.parametrize("size", SIZES)
+def test_memory_state_follows_the_model(size: str) -> None:
+    run_state_machine_as_test(BreakerMachine, settings=machine_settings(*sized(MEMORY_SIZES, size)))
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("size", SIZES)
 def test_a_fleet_on_redis_follows_the_model_through_faults(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, size: str
 ) -> None:
     # Shorter intervals, the same design: a fault settles in a fraction of a second.
     monkeypatch.setattr(redis_state, "REFRESH_INTERVAL", 0.2)
@@ -612,7 +640,9 @@ def test_a_fleet_on_redis_follows_the_model_through_faults(
     # No shrinking: each step of a fleet example costs real round trips and fault injection,
     # and shrinking one took longer than the test's limit, which then killed the run with the
     # assertion unprinted. A failure is reported as found, with every step of its example.
-    fleet = settings(machine_settings(40, 25), phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    fleet = settings(
+        machine_settings(*sized(FLEET_SIZES, size)), phases=[Phase.explicit, Phase.reuse, Phase.generate]
+    )
     run_state_machine_as_test(FleetMachine, settings=fleet)
 
 

@@ -397,7 +397,7 @@ async def test_two_instances_each_under_the_threshold_trip_the_fleet_together(fl
     shared = first.shared
     assert isinstance(shared, SharedCircuitState)
     await eventually(
-        lambda: not (shared._unsent.calls or shared._outbox or shared._in_flight),
+        lambda: not ((shared._window and shared._window.unsent.calls) or shared._outbox or shared._in_flight),
         what="first's calls written",
     )
     assert first.state == second.state == "closed"  # 16 calls in the fleet's window: under min_calls
@@ -417,9 +417,9 @@ async def test_the_fleets_window_is_at_most_one_flush_behind(fleet: Fleet) -> No
     for _ in range(30):
         await outcome(first, ok)
     shared = first.shared
-    assert isinstance(shared, SharedCircuitState) and shared._flush is not None
+    assert isinstance(shared, SharedCircuitState) and shared._window and shared._window.timer is not None
     # The calls leave within one flush interval of the first of them, never later.
-    assert shared._flush.when() - asyncio.get_running_loop().time() <= WINDOW_FLUSH_INTERVAL
+    assert shared._window.timer.when() - asyncio.get_running_loop().time() <= WINDOW_FLUSH_INTERVAL
     assert first.snapshot()["window"]["calls"] == 30  # its own calls count at once
     # An instance hears the fleet's totals in the reply to its own write: second calls on.
     made = 0

@@ -705,9 +705,10 @@ async def test_different_settings_are_named_in_the_warning(
     caplog.set_level(logging.WARNING, logger="redis_state")
     await fleet(circuit_fail_max=3, circuit_reset_timeout=2.5)
     assert state_log(caplog) == [
-        "circuit 'partner-offer' is shared with instances that use CIRCUIT_FAIL_MAX=3 and "
-        "CIRCUIT_RESET_TIMEOUT=15; this one uses 3 and 2.5: the fleet's trip and "
-        "trial follow each instance's own settings"
+        "circuit 'partner-offer' is shared with instances that use CIRCUIT_RESET_TIMEOUT=15; "
+        "this one uses CIRCUIT_RESET_TIMEOUT=2.5: each trips on its own rule, either's trip "
+        "opens the fleet, trials follow each one's reset timeout, and the fleet's window is "
+        "the first one's"
     ]
 
 

@@ -1,0 +1,2 @@
+-- KEYS: circuit hash. The snapshot alone.
+return snapshot()
