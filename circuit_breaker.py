@@ -872,9 +872,14 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         assert self._window is not None and self.policy is not None
         slow = seconds >= self.policy.slow_call_seconds
         calls, failures, slow_calls = self._window.record(failed, slow)
-        if self.shared is not None and self.shared.connected:
-            self.shared.add_to_window(failed, slow)  # the fleet's totals decide, in Redis
-        elif self.policy.exceeded(calls, failures, slow_calls):
+        shared = self.shared
+        if shared is not None:
+            # Kept while Redis is out of reach and sent when it is back, so an outage's
+            # calls still reach the fleet's window; while connected, the fleet's totals decide.
+            shared.add_to_window(failed, slow)
+            if shared.connected:
+                return
+        if self.policy.exceeded(calls, failures, slow_calls):
             self._open()
 
     def _hold_open(self, seconds: float) -> None:

@@ -100,6 +100,26 @@ async def test_a_trip_decided_while_redis_is_unreachable_opens_the_fleet_when_it
     assert [await outcome(a, fail) for _ in range(5)] == ["not-permitted"] * 5
 
 
+async def test_calls_made_while_redis_is_unreachable_join_the_fleets_window_when_it_answers(
+    fleet: Fleet, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """Under min_calls alone, a's outage calls still count for the fleet once Redis is back:
+    with b's calls after it they reach min_calls and trip the fleet."""
+    settings = {**RATE, "circuit_reset_timeout": RESET_TIMEOUT}
+    a, b = await fleet(**settings), await fleet(**settings)
+    with frozen(redis_server):
+        await outcome(a, ok)
+        await eventually(lambda: not shared(a).connected, within=5, what="a lost Redis")
+        for _ in range(5):
+            await outcome(a, fail)  # 6 calls, 5 failures: under min_calls, a stays closed
+        assert a.state_name == "closed"
+    await eventually(written(a), within=5, what="a's outage calls written")
+    assert fleet_window(redis_client) == (6, 5)
+    for _ in range(4):
+        await outcome(b, fail)  # 10 calls, 9 failures across the fleet
+    await eventually(lambda: a.state_name == "open", within=5, what="the fleet's trip heard on a")
+
+
 async def test_an_operators_reset_starts_the_fleets_window_afresh(
     fleet: Fleet, redis_client: redis.Redis
 ) -> None:
