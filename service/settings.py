@@ -157,8 +157,8 @@ class OfferSettings(_ServiceSettings):
     redis_url: Annotated[str | None, AfterValidator(_redis_url)] = Field(
         None,
         description=(
-            "a redis://, rediss:// or redis+sentinel://host:port,host:port/service_name URL,"
-            " or unset for memory state"
+            "a redis:// URL (rediss:// for TLS, redis+sentinel://host:port,host:port/service_name"
+            " for Sentinel), or unset for memory state"
         ),
     )
     workers: int = Field(
