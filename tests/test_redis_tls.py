@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Fleet
 from tests.breakers import eventually, shared, trip
+from tests.conftest import Fleet
 from tools.processes import TlsFiles, TlsRedisServer, uvicorn_service
 
 
