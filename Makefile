@@ -95,3 +95,10 @@ mutation: $(VENV)/.dev
 	rm -rf mutants
 	$(BIN)/mutmut run --max-children $(CHILDREN) $(MUTANTS)
 	@$(BIN)/mutmut results
+
+## fleet-sim: N = 10, 100, 300, 1000 instances of the breaker against a real Redis and a Cluster:
+## trip propagation, one trial, Redis's load (docs/fleet-scale.md); FLEET_ARGS="--sizes 10 100" and so on
+FLEET_ARGS ?=
+.PHONY: fleet-sim
+fleet-sim: $(VENV)/.dev
+	$(BIN)/python tools/fleet_sim.py $(FLEET_ARGS)
