@@ -48,7 +48,13 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.processes import PROJECT_DIR, RedisClusterServers, RedisServer, redis_server_binary
+from tools.processes import (
+    PROJECT_DIR,
+    RedisClusterServers,
+    RedisSentinels,
+    RedisServer,
+    redis_server_binary,
+)
 
 RESET_TIMEOUT = 3.0
 FAIL_MAX = 3
@@ -249,6 +255,12 @@ async def _worker(conn: Connection, url: str, count: int, policy: str) -> None:
                 task.cancel()
             await asyncio.gather(*load, return_exceptions=True)
             conn.send({"unloaded": True})
+        elif name == "status":
+            states: dict[str, int] = {}
+            for instance in instances:
+                states[instance.breaker.state_name] = states.get(instance.breaker.state_name, 0) + 1
+            connected = sum(instance.breaker.shared.connected for instance in instances)
+            conn.send({"connected": connected, "states": states, "losses": LOSSES.lost})
         elif name == "stop":
             hang.set()
             lag_task.cancel()
@@ -594,6 +606,48 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def failover(size: int, processes: int) -> dict[str, Any]:
+    """Kill the primary under an open circuit, with `size` instances on Sentinel: how long
+    until the Sentinels promote the replica and every instance is back, and in what state."""
+    binary = redis_server_binary()
+    if binary is None:
+        raise SystemExit("error: no redis-server on PATH (apt-get install redis-server)")
+    with tempfile.TemporaryDirectory(prefix="fleet-sim-") as tmp:
+        sentinels = RedisSentinels(binary, Path(tmp)).start()
+        fleet = Fleet(sentinels.url, size, processes, "consecutive")
+        try:
+            assert fleet.ready() == size
+            fleet.ask({"do": "arm"})
+            tripped_at = fleet.ask({"do": "trip"}, only_first=True)[0]["tripped_at"]
+            fleet.ask({"do": "heard", "within": 15.0})
+            killed = time.monotonic()
+            new_primary = sentinels.kill_primary()
+            promoted = back = None
+            while back is None and time.monotonic() - killed < 60:
+                if promoted is None and sentinels.primary_port() == new_primary.port:
+                    promoted = time.monotonic() - killed
+                answers = fleet.ask({"do": "status"})
+                if promoted is not None and sum(a["connected"] for a in answers) == size:
+                    back = time.monotonic() - killed
+                time.sleep(0.05)
+            answers = fleet.ask({"do": "status"})
+            states: dict[str, int] = {}
+            for answer in answers:
+                for state, count in answer["states"].items():
+                    states[state] = states.get(state, 0) + count
+            return {
+                "instances": size,
+                "open_for_seconds_before_the_kill": killed - tripped_at,
+                "replica_promoted_after_s": promoted,
+                "every_instance_back_after_s": back,
+                "states_after": states,
+                "redis_lost_lines": sum(a["losses"] for a in answers),
+            }
+        finally:
+            fleet.stop()
+            sentinels.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -609,7 +663,14 @@ def main() -> None:
     parser.add_argument(
         "--report", type=Path, help="no run: print the table and plot the figure of this JSON"
     )
+    parser.add_argument(
+        "--failover", action="store_true", help="instead: kill a Sentinel-watched primary under each N"
+    )
     args = parser.parse_args()
+    if args.failover:
+        for size in args.sizes:
+            print(json.dumps(failover(size, args.processes)), flush=True)
+        return
     if args.report:
         report = json.loads(args.report.read_text())
         plot(report, args.report.with_suffix(".png"))
