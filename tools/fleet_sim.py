@@ -246,7 +246,7 @@ async def _worker(conn: Connection, url: str, count: int, policy: str) -> None:
             conn.send({"loading": True, "cpu": cpu})
         elif name == "measure":
             conn.send(
-                {"calls": calls, "cpu": time.process_time(), "lag": lag.summary(), "at": time.monotonic()}
+                {"calls": calls, "cpu": time.process_time(), "lag": lag.summary(), "losses": LOSSES.lost}
             )
             calls = 0
             lag.reset()
