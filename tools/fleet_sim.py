@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.exceptions import RedisClusterException
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -88,6 +89,8 @@ def worker(conn: Connection, url: str, count: int, policy: str) -> None:
     # A line per instance per transition is a thousand lines per event: count the
     # shared state's losses of Redis instead (a busy machine makes a 250 ms timeout miss).
     logging.getLogger().setLevel(logging.ERROR)
+    # A thousand "Timed out closing connection" at the end, when the stop's closes race.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     state_log = logging.getLogger("redis_state")
     state_log.setLevel(logging.WARNING)
     state_log.propagate = False
@@ -152,7 +155,7 @@ async def _worker(conn: Connection, url: str, count: int, policy: str) -> None:
                 instance.breaker.add_listener(Heard(instance))
                 await instance.breaker.shared.start()
                 return instance
-            except (redis.RedisError, OSError):
+            except (redis.RedisError, RedisClusterException, OSError):
                 if attempt == 9:
                     raise
                 await asyncio.sleep(0.2 * (attempt + 1))
@@ -661,7 +664,10 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "docs" / "fleet-scale.json")
     parser.add_argument(
-        "--report", type=Path, help="no run: print the table and plot the figure of this JSON"
+        "--report",
+        type=Path,
+        nargs="+",
+        help="no run: the table and the figure of these runs' JSON (merged; the figure beside --out)",
     )
     parser.add_argument(
         "--failover", action="store_true", help="instead: kill a Sentinel-watched primary under each N"
@@ -672,9 +678,11 @@ def main() -> None:
             print(json.dumps(failover(size, args.processes)), flush=True)
         return
     if args.report:
-        report = json.loads(args.report.read_text())
-        plot(report, args.report.with_suffix(".png"))
-        print(table(report))
+        reports = [json.loads(path.read_text()) for path in args.report]
+        merged = {**reports[0], "runs": [run for report in reports for run in report["runs"]]}
+        args.out.write_text(json.dumps(merged, indent=1) + "\n")
+        plot(merged, args.out.with_suffix(".png"))
+        print(table(merged))
         return
     results = {"machine": machine(), "processes": args.processes, "runs": []}
     for topology in args.topologies:
