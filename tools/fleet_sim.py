@@ -229,6 +229,8 @@ async def _worker(conn: Connection, url: str, count: int, policy: str) -> None:
         elif name == "trial":
             await asyncio.sleep(max(0.0, command["at"] - time.monotonic()))
             lag.reset()
+            losses_before = LOSSES.lost
+            alone = sum(not instance.breaker.shared.connected for instance in instances)
             outcomes = await asyncio.gather(
                 *(i.breaker.call(trial_call) for i in instances), return_exceptions=True
             )
@@ -237,7 +239,15 @@ async def _worker(conn: Connection, url: str, count: int, policy: str) -> None:
                 if isinstance(outcome, BaseException):
                     key = getattr(outcome, "reason", type(outcome).__name__)
                     refused[key] = refused.get(key, 0) + 1
-            conn.send({"reached": reached, "refused": refused, "lag": lag.summary()})
+            conn.send(
+                {
+                    "reached": reached,
+                    "refused": refused,
+                    "lag": lag.summary(),
+                    "alone_when_asked": alone,
+                    "lost_while_asking": LOSSES.lost - losses_before,
+                }
+            )
         elif name == "load":
             lag.reset()
             calls = 0
@@ -467,6 +477,9 @@ def measure(topology: str, size: int, processes: int) -> dict[str, Any]:
                 "reached_partner": sum(answer["reached"] for answer in trials),
                 "refused": refused,
                 "round_trips": after["scripts"] - before["scripts"],
+                # Instances deciding alone: without Redis when they asked, or lost it asking.
+                "alone_when_asked": sum(answer["alone_when_asked"] for answer in trials),
+                "lost_while_asking": sum(answer["lost_while_asking"] for answer in trials),
             }
         finally:
             fleet.stop()
