@@ -65,6 +65,8 @@ TRIAL_SECONDS = 0.3  # how long the trial's partner call takes: the other instan
 CALLS_PER_SECOND = 6.0
 STEADY_SECONDS = 5.0
 CHANNEL = "{partner-offer}:changes"
+# A thousand Cluster clients starting at once on 2 busy cores: 10 attempts were too few.
+START_ATTEMPTS = 30
 
 
 # Workers: each runs its share of the fleet on one event loop.
@@ -149,16 +151,16 @@ async def _worker(conn: Connection, url: str, count: int, policy: str) -> None:
     async def build() -> Instance:
         # As a pod would be restarted: a connection that timed out on the busy machine
         # is tried again, a few times.
-        for attempt in range(10):
+        for attempt in range(START_ATTEMPTS):
             try:
                 instance = Instance(build_breaker(settings, await connect(url)))
                 instance.breaker.add_listener(Heard(instance))
                 await instance.breaker.shared.start()
                 return instance
             except (redis.RedisError, RedisClusterException, OSError):
-                if attempt == 9:
+                if attempt == START_ATTEMPTS - 1:
                     raise
-                await asyncio.sleep(0.2 * (attempt + 1))
+                await asyncio.sleep(min(2.0, 0.2 * (attempt + 1)))
         raise AssertionError("unreachable")
 
     async def wait_forever(instance: Instance) -> None:
