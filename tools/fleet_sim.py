@@ -603,7 +603,7 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         "| topology | N | heard p50 / p99 / max (ms) | cut short max (ms) | Redis fan-out (ms) | calls that "
         "reached the partner in the trial | Redis round trips/s idle / loaded (consecutive) | Redis CPU "
-        "(cores) consecutive / rate | Redis round trips/s (rate) | memory (MB) | clients | simulator loop lag max (ms) |",
+        "(cores) consecutive / rate | Redis round trips/s (rate) | memory (MB), idle | clients, idle | simulator loop lag max (ms) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in results["runs"]:
@@ -613,12 +613,12 @@ def table(results: dict[str, Any]) -> str:
         lines.append(
             f"| {run['topology']} | {run['instances']} "
             f"| {heard['p50_ms']:.0f} / {heard['p99_ms']:.0f} / {heard['max_ms']:.0f} "
-            f"| {cut.get('max_ms', float('nan')):.0f} | {fan_out if fan_out is None else round(fan_out, 1)} "
+            f"| {cut.get('max_ms', float('nan')):.0f} | {'not heard' if fan_out is None else round(fan_out, 1)} "
             f"| {run['trial']['reached_partner']} "
             f"| {consecutive['idle']['round_trips_per_s']:.0f} / {consecutive['loaded']['round_trips_per_s']:.0f} "
             f"| {consecutive['loaded']['cpu_cores']:.3f} / {rate['loaded']['cpu_cores']:.3f} "
             f"| {rate['loaded']['round_trips_per_s']:.0f} "
-            f"| {rate['loaded']['memory_mb']:.1f} | {rate['loaded']['clients']:.0f} "
+            f"| {consecutive['idle']['memory_mb']:.1f} | {consecutive['idle']['clients']:.0f} "
             f"| {max(run['propagation']['loop_lag_max_ms'], rate['loaded']['loop_lag_max_ms']):.0f} |"
         )
     return "\n".join(lines)
