@@ -571,6 +571,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
         left.plot(
             sizes, [run["propagation"]["heard"]["max_ms"] for run in runs], "x--", label=f"{label}: max"
         )
+        fan_out = [run["propagation"]["redis_fan_out_ms"] for run in runs]
+        left.plot(
+            [n for n, t in zip(sizes, fan_out, strict=True) if t is not None],
+            [t for t in fan_out if t is not None],
+            "s:",
+            label=f"{label}: Redis's own fan-out",
+        )
         right.plot(
             sizes, [run["rate"]["loaded"]["cpu_cores"] for run in runs], "o-", label=f"{label}: rate policy"
         )
@@ -584,6 +591,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     left.set(
         xscale="log", xlabel="instances", ylabel="ms from the trip", title="Every instance heard the trip"
     )
+    # Where the simulator could not make the load (loop lag of seconds), what the
+    # per-instance cost measured at N = 100 and 300 predicts: 50 us + 5 flushes x 74 us.
+    estimate = [10, 20, 50, 100, 200, 500, 1000]
+    right.plot(estimate, [n * 420e-6 for n in estimate], "k-.", label="rate policy, 5 flushes/s: N x 420 us")
     right.axhline(0.5, color="grey", linestyle=":", label="goal: half a core")
     right.set(
         xscale="log",
