@@ -101,3 +101,10 @@ mutation: $(VENV)/.dev
 .PHONY: screenshot
 screenshot: $(VENV)/.dev
 	DASHBOARD_SCREENSHOT=$(CURDIR)/docs/dashboard.png $(BIN)/python -m pytest tests/test_dashboard.py -q
+
+## fleet-sim: N = 10, 100, 300, 1000 instances of the breaker against a real Redis and a Cluster:
+## trip propagation, one trial, Redis's load (docs/fleet-scale.md); FLEET_ARGS="--sizes 10 100" and so on
+FLEET_ARGS ?=
+.PHONY: fleet-sim
+fleet-sim: $(VENV)/.dev
+	$(BIN)/python tools/fleet_sim.py $(FLEET_ARGS)

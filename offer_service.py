@@ -10,6 +10,7 @@ Run it with `python offer_service.py` (uvicorn, reload, 127.0.0.1:8001).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from circuit_breaker import (
     NotPermitted,
     RatePolicy,
 )
-from service import circuit_routes, dashboard, http_limits, method_not_allowed
+from service import circuit_routes, dashboard, http_limits, method_not_allowed, redis_connection
 from service import settings as settings_module
 from service.admin import AdminGuard
 from service.circuit_events import CircuitObserver, Outcome
@@ -47,7 +48,7 @@ from service.partner_client import (
     PartnerFailure,
     http_client,
 )
-from service.redis_state import SharedCircuitState, connect_cluster_aware
+from service.redis_state import SharedCircuitState
 from service.settings import OfferSettings
 
 log = logging.getLogger("offer_service")
@@ -180,7 +181,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     redis_client = None
     if settings.redis_url:
         try:
-            redis_client = await connect_cluster_aware(settings.redis_url)
+            redis_client = await redis_connection.connect(settings.redis_url)
         except (redis.RedisError, OSError) as exc:
             raise settings_module.SettingsError(redis_error_line(settings.redis_url, exc)) from None
     breaker = app.state.breaker = build_breaker(settings, redis_client, not_counted=(LocalResourceError,))
@@ -241,13 +242,20 @@ def redis_error_line(url: str, exc: BaseException) -> str:
     shown = settings_module.without_password(url)
     if isinstance(exc, (redis.exceptions.InvalidResponse, redis.ResponseError)):
         return f"error: REDIS_URL={shown!r} does not answer as a Redis server: {exc}"
+    if tls := redis_connection.tls_failure(exc):
+        return f"error: REDIS_URL={shown!r}: {tls}"
     return f"error: REDIS_URL={shown!r} is unreachable: {exc}"
 
 
 def check_redis(url: str) -> None:
     """Stop start-up with one line, rather than a traceback, when Redis does not answer."""
+
+    async def ping() -> None:
+        client = await redis_connection.connect(url)
+        await client.aclose()
+
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
+        asyncio.run(ping())
     except (redis.RedisError, OSError) as exc:
         raise settings_module.SettingsError(redis_error_line(url, exc)) from None
 

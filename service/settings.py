@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.chaos import HANG_SECONDS
+from service.redis_connection import SentinelAddress, check_files, is_sentinel_url
 
 # The longest wait any setting may ask for. Past it a typo is likelier than a
 # wish, and a huge value (1e15 s) overflowed the datetime arithmetic of the
@@ -52,6 +53,10 @@ def _redis_url(value: str | None) -> str | None:
     if urlsplit(value).scheme == "unix":
         if not urlsplit(value).path:
             raise ValueError("no socket path")
+        return value
+    check_files(value)
+    if is_sentinel_url(value):
+        SentinelAddress.parse(value)  # a ValueError says what is wrong
         return value
     TypeAdapter(RedisDsn).validate_python(value)
     if not urlsplit(value).hostname:
@@ -152,7 +157,11 @@ class OfferSettings(_ServiceSettings):
         description="the longest Retry-After honoured, in seconds, from 0 (ignore them) to 600",
     )
     redis_url: Annotated[str | None, AfterValidator(_redis_url)] = Field(
-        None, description="a redis:// URL, or unset for memory state"
+        None,
+        description=(
+            "a redis:// URL (rediss:// for TLS, redis+sentinel://host:port,host:port/service_name"
+            " for Sentinel), or unset for memory state"
+        ),
     )
     workers: int = Field(
         1, ge=1, le=64, description="uvicorn worker processes for `python offer_service.py`, 1-64"

@@ -12,7 +12,7 @@ import redis
 
 from circuit_breaker import AsyncCircuitBreaker
 from offer_service import build_breaker
-from service.redis_state import connect_cluster_aware
+from service.redis_connection import connect
 from service.settings import OfferSettings
 from tools.processes import EditablePartner, RedisClusterServers, RedisServer, redis_server_binary
 
@@ -83,7 +83,7 @@ async def fleet(redis_server: RedisServer) -> AsyncIterator[Fleet]:
         options = {"clock": clock} if clock else {}
         breaker = build_breaker(
             OfferSettings(**values),
-            await connect_cluster_aware(url or redis_server.url),
+            await connect(url or redis_server.url),
             **options,  # type: ignore[arg-type]
         )
         assert breaker.shared is not None

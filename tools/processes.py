@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 import redis
@@ -360,3 +360,159 @@ def delay_proxy(target_port: int, delay: float) -> Iterator[str]:
     finally:
         proxy.kill()
         proxy.wait()
+
+
+class RedisSentinels:
+    """A primary, one replica and three `redis-server --sentinel` watching them (quorum 2),
+    on free ports: a Redis that fails over, as a managed one does.
+
+    `down_after_ms` is how long the Sentinels wait before they call the primary
+    down; half a second here, so that a failover takes a second or two."""
+
+    SERVICE = "mymaster"
+
+    def __init__(self, binary: str, workdir: Path, down_after_ms: int = 500) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.down_after_ms = down_after_ms
+        (workdir / "primary").mkdir()
+        (workdir / "replica").mkdir()
+        self.primary = RedisServer(binary, workdir / "primary")
+        self.replica = RedisServer(
+            binary, workdir / "replica", ["--replicaof", "127.0.0.1", str(self.primary.port)]
+        )
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        self.url = f"redis+sentinel://{hosts}/{self.SERVICE}/0"
+
+    def start(self) -> RedisSentinels:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> RedisSentinels:
+        self.primary.start()
+        self.replica.start()
+        for port in self.sentinel_ports:
+            config = self.workdir / f"sentinel-{port}.conf"
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.SERVICE} 5000\n"
+            )
+            self.sentinels.append(
+                subprocess.Popen(
+                    [self.binary, str(config), "--sentinel"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        # Ready when every Sentinel knows the replica and the two other Sentinels:
+        # before that, a failover could not be agreed on.
+        for port in self.sentinel_ports:
+            client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
+            try:
+
+                def ready(client: redis.Redis = client) -> bool:
+                    master = cast(dict[str, Any], client.sentinel_master(self.SERVICE))
+                    return bool(master["num-slaves"] == 1 and master["num-other-sentinels"] == 2)
+
+                wait_for(ready, timeout=30, what=f"sentinel on port {port} seeing the replica and its peers")
+            finally:
+                client.close()
+        return self
+
+    def primary_port(self) -> int:
+        """The port of the primary as the Sentinels see it now."""
+        client = redis.Redis(host="127.0.0.1", port=self.sentinel_ports[0], socket_connect_timeout=0.2)
+        try:
+            address = cast(tuple[str, int], client.sentinel_get_master_addr_by_name(self.SERVICE))
+            return int(address[1])
+        finally:
+            client.close()
+
+    def kill_primary(self) -> RedisServer:
+        """Kill the primary, as a crashed host would; returns the server that will take over."""
+        self.primary.stop()
+        return self.replica
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            if sentinel.poll() is None:
+                sentinel.kill()
+                sentinel.wait()
+        self.primary.stop()
+        self.replica.stop()
+
+
+class TlsFiles:
+    """A certificate authority and a server certificate for 127.0.0.1, made with `openssl`
+    in `workdir`; `other_ca` is a second authority that did not sign the server's."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.ca = workdir / "ca.pem"
+        self.other_ca = workdir / "other-ca.pem"
+        self.cert = workdir / "server.pem"
+        self.key = workdir / "server.key"
+        for name in ("ca", "other-ca"):
+            _openssl(
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                "-keyout", str(workdir / f"{name}.key"), "-out", str(workdir / f"{name}.pem"),
+                "-subj", f"/CN=test {name}",
+            )  # fmt: skip
+        _openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.key),
+            "-out", str(workdir / "server.csr"), "-subj", "/CN=127.0.0.1",
+        )  # fmt: skip
+        extensions = workdir / "server.ext"
+        extensions.write_text("subjectAltName = IP:127.0.0.1, DNS:localhost\n")
+        _openssl(
+            "x509", "-req", "-in", str(workdir / "server.csr"), "-CA", str(self.ca),
+            "-CAkey", str(workdir / "ca.key"), "-CAcreateserial", "-days", "1",
+            "-out", str(self.cert), "-extfile", str(extensions),
+        )  # fmt: skip
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+class TlsRedisServer(RedisServer):
+    """A throwaway `redis-server` that listens on its TLS port only (`--port 0`)."""
+
+    def __init__(self, binary: str, workdir: Path, tls: TlsFiles) -> None:
+        super().__init__(binary, workdir)
+        self.tls = tls
+        self.url = f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={tls.ca}"
+
+    def start(self) -> TlsRedisServer:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
+                "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no",
+                "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            ssl=True,
+            ssl_ca_certs=str(self.tls.ca),
+            socket_connect_timeout=0.5,
+        )
+        try:
+            wait_for(client.ping, timeout=10, what=f"TLS redis-server on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            client.close()
+        return self
