@@ -136,6 +136,11 @@ def _host_and_port(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def single_server(url: str) -> Redis:
+    """A client of the one server at `url`, without a round trip (tests build fleets on it)."""
+    return Redis.from_url(url, **fail_fast())
+
+
 async def connect(url: str) -> Redis | RedisCluster:
     """The client for `url`, with a first round trip made: a Redis that is not there, a
     wrong certificate or a Sentinel that knows no such primary raises here, at start-up.
@@ -143,7 +148,7 @@ async def connect(url: str) -> Redis | RedisCluster:
     Raises `redis.RedisError` or `OSError`; the caller turns them into one line."""
     if is_sentinel_url(url):
         return await _connect_sentinel(SentinelAddress.parse(url))
-    client = Redis.from_url(url, **fail_fast())
+    client = single_server(url)
     try:
         info = await client.info("cluster")
     except BaseException:

@@ -100,9 +100,7 @@ from typing import Any, Literal, TypeVar
 
 import pybreaker
 from redis.asyncio import Redis, RedisCluster
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
-from redis.retry import Retry
 
 from circuit_breaker import RatePolicy, TrialVerdict, WindowCounts
 from service import redis_scripts as scripts
@@ -128,27 +126,6 @@ STOP_TIMEOUT = 2.0
 Source = Literal["write", "read", "message", "seed"]
 COUNTS = ("failures", "reset-failures")  # outbox entries that count failures in a row
 NOT_TRANSITIONS = (*COUNTS, "window")  # the others are transitions
-
-
-def connect(url: str) -> Redis:
-    """A client that fails fast: short timeouts and no retries, the outage handling is ours."""
-    return Redis.from_url(
-        url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, retry=Retry(NoBackoff(), 0)
-    )
-
-
-async def connect_cluster_aware(url: str) -> Redis | RedisCluster:
-    """The same client, or a cluster client when the server at `url` is a Redis Cluster node."""
-    client = connect(url)
-    info = await client.info("cluster")
-    if not info.get("cluster_enabled"):
-        return client
-    await client.aclose()
-    cluster = RedisCluster.from_url(
-        url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, retry=Retry(NoBackoff(), 0)
-    )
-    await cluster.initialize()
-    return cluster
 
 
 async def shielded(awaitable: Awaitable[T], cancel_inner: bool = True) -> T:
@@ -380,8 +357,11 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             call.add_done_callback(lambda done: self._release_if_granted(done, token))
             raise
         except (RedisError, OSError) as exc:
+            # Not "granted": a fleet-wide slowdown (a failover, a slow command) would then
+            # let every instance that asked make a trial (measured: 75 trials at N = 300).
+            # This caller gets the fallback; the next one, with Redis lost, decides alone.
             self._lose(exc)
-            return "granted"
+            return "busy"
         verdict = reply[0].decode()
         if verdict == "lost":
             self._suspect_lost()

@@ -1,8 +1,8 @@
 """The breaker against a small reference model, driven by random step sequences.
 
 Hypothesis' stateful testing drives `AsyncCircuitBreaker` with successes,
-failures, a 503 with Retry-After (a failure that holds the circuit open longer than the
-reset timeout), the partner's 4xx (ignored: pybreaker counts it as a success), this process's
+failures, a 503 with Retry-After (one failure, which holds the circuit open longer than
+the reset timeout if it opens while the answer stands), the partner's 4xx (ignored: pybreaker counts it as a success), this process's
 own trouble (`not_counted`: nothing), slow calls that end after a transition,
 cancelled calls, clock moves and an operator's `trip` / `reset`;
 once on memory state, once on two or three instances sharing a real
@@ -47,7 +47,8 @@ from circuit_breaker import AsyncCircuitBreaker, CutShort, NotPermitted
 from offer_service import build_breaker
 from service import redis_state
 from service.partner_client import PartnerDeclined
-from service.redis_state import Shared, SharedCircuitState, connect
+from service.redis_connection import single_server
+from service.redis_state import Shared, SharedCircuitState
 from service.settings import OfferSettings
 from tests.breakers import CIRCUIT, TRIAL
 from tests.fake_clock import FakeClock
@@ -77,7 +78,7 @@ FLEET_SLACK = 3.0
 CLOCK_STARTS = (0.0, 1000.0, 123.5, 1e6)
 ADVANCES = (0.25, 1.0, 10.0, 29.75, 30.0, 30.0, 45.0)
 OUTCOMES = ("success", "failure", "ignored", "released", "busy")
-# A partner's 503 with `Retry-After: 45`: a failure that holds the circuit open that long,
+# A partner's 503 with `Retry-After: 45`: a failure that, if the circuit opens meanwhile, holds it that long,
 # longer than the reset timeout (and under CIRCUIT_RETRY_AFTER_MAX's default).
 HOLD = 45.0
 INSTANCE = st.integers(0, 2)
@@ -149,6 +150,9 @@ class Model:
     counter: int = 0
     opened_at: float = 0.0
     hold_until: float = 0.0  # a Retry-After: no trial before this, on the model's clock
+    # A Retry-After heard on an instance stands until then, or until a success or an
+    # operator's reset there; it holds the circuit only if the circuit opens meanwhile.
+    retry_after_until: dict[int, float] = field(default_factory=dict)
     now: float = 0.0
     generation: int = 0
     permits: dict[int, int] = field(default_factory=dict)  # instance -> the call holding its trial
@@ -202,20 +206,24 @@ class Model:
         if outcome in ("cancelled", "released") or ticket.generation != self.generation:
             return  # nothing to record, or stale: counts for nothing
         if outcome in ("failure", "busy"):
+            if outcome == "busy":  # one failure, and a "come back later" that now stands
+                until = max(self.retry_after_until.get(ticket.instance, 0.0), self.now + HOLD)
+                self.retry_after_until[ticket.instance] = until
             self.counter += 1
             if self.state == "half-open" or self.counter >= FAIL_MAX:
                 self.open()
-            if outcome == "busy":  # the partner said when to come back: open until then
-                if self.state != "open":
-                    self.open()
-                self.hold_until = max(self.hold_until, self.now + HOLD)
-        else:  # a success, or the partner's 4xx: pybreaker counts an excluded error as a success
+        else:
+            if outcome == "success":  # the partner answered: its "later" is past
+                self.retry_after_until.pop(ticket.instance, None)
+            # A success, or the partner's 4xx: pybreaker counts an excluded error as a success.
             self.counter = 0
             if self.state == "half-open":
                 self.close()
 
     def open(self) -> None:
-        self.state, self.opened_at, self.hold_until = "open", self.now, 0.0
+        self.state, self.opened_at = "open", self.now
+        standing = [until for until in self.retry_after_until.values() if until > self.now]
+        self.hold_until = max(standing, default=0.0)
         self.generation += 1
         self.lease = None
         for ticket in list(self.pending.values()):  # calls still waiting are cut short
@@ -233,7 +241,8 @@ class Model:
         if self.state != "open":
             self.open()
 
-    def reset(self) -> None:
+    def reset(self, instance: int) -> None:
+        self.retry_after_until.pop(instance, None)
         if self.state != "closed":
             self.close()
         else:  # no transition, but a new generation with a clean count
@@ -416,7 +425,7 @@ class BreakerMachine(RuleBasedStateMachine):
     @rule(instance=INSTANCE)
     def reset(self, instance: int) -> None:
         self.run(on_the_loop(self.breakers[self.pick(instance)].reset))
-        self.model.reset()
+        self.model.reset(self.pick(instance))
 
     # The check after every step
 
@@ -471,7 +480,7 @@ class FleetMachine(BreakerMachine):
 
     async def start(self) -> None:
         for clock in self.clocks:
-            breaker = build_breaker(self.settings(), connect(self.server.url), (LocalTrouble,), clock)
+            breaker = build_breaker(self.settings(), single_server(self.server.url), (LocalTrouble,), clock)
             assert breaker.shared is not None
             self.count_reads(breaker.shared, len(self.breakers))
             # Start-up wants Redis to answer within the instance's 0.25 s; on a busy machine

@@ -25,7 +25,8 @@ import redis
 from circuit_breaker import AsyncCircuitBreaker, CutShort, NotPermitted
 from offer_service import BREAKER_NAME, build_breaker
 from service.partner_client import PartnerDeclined
-from service.redis_state import SharedCircuitState, connect
+from service.redis_connection import single_server
+from service.redis_state import SharedCircuitState
 from service.settings import OfferSettings
 from tests.breakers import eventually
 from tests.fake_clock import FakeClock
@@ -57,7 +58,7 @@ class Backend:
         shared = None
         if self.server is not None:
             shared = SharedCircuitState(
-                connect(self.server.url), BREAKER_NAME, fail_max, reset_timeout, 30, clock
+                single_server(self.server.url), BREAKER_NAME, fail_max, reset_timeout, 30, clock
             )
             await shared.start()
             self.made.append(shared)

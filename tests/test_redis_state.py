@@ -14,7 +14,7 @@ from redis.asyncio import RedisCluster
 from circuit_breaker import AsyncCircuitBreaker, CutShort, NotPermitted
 from offer_service import build_breaker
 from service import redis_state
-from service.redis_state import connect_cluster_aware
+from service.redis_connection import connect
 from service.settings import OfferSettings
 from tests.breakers import CIRCUIT, eventually, script_calls, trip
 from tests.conftest import Fleet
@@ -175,7 +175,7 @@ async def test_a_redis_cluster_shares_the_circuit_and_its_one_trial(
     redis_cluster: RedisClusterServers,
 ) -> None:
     settings = OfferSettings(circuit_fail_max=FAIL_MAX, circuit_reset_timeout=0.3)
-    clients = [await connect_cluster_aware(redis_cluster.url) for _ in range(2)]
+    clients = [await connect(redis_cluster.url) for _ in range(2)]
     assert all(isinstance(client, RedisCluster) for client in clients)
     breakers = [build_breaker(settings, client) for client in clients]
     for breaker in breakers:

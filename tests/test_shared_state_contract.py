@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -25,13 +27,12 @@ import redis
 from redis.exceptions import RedisError
 
 from circuit_breaker import AsyncCircuitBreaker, CutShort, NotPermitted
+from service.redis_connection import connect, single_server
 from service.redis_state import (
     MAX_OUTBOX,
     REDIS_TIMEOUT,
     Shared,
     SharedCircuitState,
-    connect,
-    connect_cluster_aware,
     shielded,
 )
 from tests.breakers import CHANNEL, CIRCUIT, TRIAL, eventually, shared, trip
@@ -152,7 +153,7 @@ class Silent:
 
 async def test_the_client_gives_up_on_a_silent_redis_within_its_timeout_and_never_retries() -> None:
     silent = Silent()
-    client = connect(f"redis://127.0.0.1:{silent.port}/0")
+    client = single_server(f"redis://127.0.0.1:{silent.port}/0")
     try:
         started = time.monotonic()
         with pytest.raises((RedisError, OSError)):
@@ -170,7 +171,7 @@ async def test_the_client_gives_up_on_a_silent_redis_within_its_timeout_and_neve
 
 
 async def test_a_cluster_gets_a_cluster_client_that_fails_as_fast(redis_cluster: RedisClusterServers) -> None:
-    client = await connect_cluster_aware(redis_cluster.url)
+    client = await connect(redis_cluster.url)
     try:
         assert isinstance(client, redis.asyncio.RedisCluster)
         kwargs = client.get_connection_kwargs()
@@ -183,7 +184,7 @@ async def test_a_cluster_gets_a_cluster_client_that_fails_as_fast(redis_cluster:
 
 
 async def test_a_plain_server_gets_the_plain_fail_fast_client(redis_server: RedisServer) -> None:
-    client = await connect_cluster_aware(redis_server.url)
+    client = await connect(redis_server.url)
     try:
         assert type(client) is redis.asyncio.Redis
         assert client.connection_pool.connection_kwargs["socket_timeout"] == REDIS_TIMEOUT
@@ -505,6 +506,23 @@ async def test_the_trial_lease_lasts_the_partner_timeout_and_a_second(
     assert await shared(breaker).acquire_trial() == "granted"
     assert redis_client.hget(CIRCUIT, "state") == b"half-open"
     assert 4500 < redis_client.pttl(TRIAL) <= 5000
+
+
+async def test_a_lease_call_that_fails_is_not_a_trial_of_its_own(
+    fleet: Fleet, redis_client: redis.Redis, redis_server: RedisServer
+) -> None:
+    """Redis stalls while every instance asks for the lease: none of them may take the
+    silence for a yes, or a fleet-wide slowdown makes as many trials as instances. The
+    next caller, with Redis lost, decides alone as in any outage."""
+    breaker = await open_for_a_trial(fleet, redis_client)
+    assert redis_server.process is not None
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        assert await shared(breaker).acquire_trial() == "busy"
+        assert not shared(breaker).connected
+        assert await shared(breaker).acquire_trial() == "granted"
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
 
 
 async def test_an_instance_told_busy_asks_redis_again_only_when_the_lease_could_have_ended(
@@ -943,11 +961,11 @@ async def test_the_background_work_runs_as_one_task_named_for_what_it_does(fleet
 
 
 async def test_a_state_that_never_started_stops_at_once(redis_server: RedisServer) -> None:
-    state = SharedCircuitState(connect(redis_server.url), "never-started", 3, 1.0, 1.0)
+    state = SharedCircuitState(single_server(redis_server.url), "never-started", 3, 1.0, 1.0)
     await asyncio.wait_for(state.stop(), 1.0)
 
 
-async def test_a_redis_error_while_claiming_the_trial_grants_it_here_and_says_why(
+async def test_a_redis_error_while_claiming_the_trial_refuses_it_here_and_says_why(
     fleet: Fleet, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     breaker = await open_for_a_trial(fleet, redis_client)
@@ -960,7 +978,7 @@ async def test_a_redis_error_while_claiming_the_trial_grants_it_here_and_says_wh
 
     state._acquire = unreachable  # type: ignore[assignment]
     caplog.set_level(logging.WARNING, logger="redis_state")
-    assert await state.acquire_trial() == "granted"
+    assert await state.acquire_trial() == "busy"
     assert not state.connected
     assert state_log(caplog)[0] == (
         f"Redis lost ({error!r}): the circuit carries on with this process's state"

@@ -59,7 +59,8 @@ import redis
 
 from circuit_breaker import AsyncCircuitBreaker
 from offer_service import build_breaker
-from service.redis_state import SharedCircuitState, connect_cluster_aware
+from service.redis_connection import connect
+from service.redis_state import SharedCircuitState
 from service.settings import OfferSettings
 from tools.bench.spread import Spread
 from tools.processes import RedisServer, redis_server_binary
@@ -128,7 +129,7 @@ def _pybreaker_call(breaker: pybreaker.CircuitBreaker) -> GuardedCall:
 
 async def _started(stack: AsyncExitStack, settings: OfferSettings, redis_url: str) -> AsyncCircuitBreaker:
     """This project's breaker with its state in the Redis at `redis_url`, kept in step until `stack` ends."""
-    breaker = build_breaker(settings, await connect_cluster_aware(redis_url))
+    breaker = build_breaker(settings, await connect(redis_url))
     shared = breaker.shared
     assert isinstance(shared, SharedCircuitState)
     await shared.start()
