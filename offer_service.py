@@ -42,6 +42,7 @@ from service.circuit_events import CircuitObserver, Outcome
 from service.partner_client import (
     HttpClientFactory,
     LocalResourceError,
+    OncePerBurst,
     PartnerClient,
     PartnerDeclined,
     PartnerFailure,
@@ -64,6 +65,9 @@ OFFER_HEADERS = {
     "X-Fallback-Reason": {"description": "why the fallback was served", "schema": {"type": "string"}},
     "X-Circuit-State": {"description": "closed, open or half-open", "schema": {"type": "string"}},
 }
+
+# The reason of a fallback after an error no rule above names.
+UNEXPECTED_ERROR = "partner-unexpected-error"
 
 router = APIRouter()
 
@@ -93,6 +97,12 @@ async def offer(request: Request) -> Response:
         # This process is out of descriptors or connections: the partner was
         # not asked, so the permit went back and it is nobody's failure.
         reason, outcome = exc.reason, "released"
+    except Exception as exc:
+        # Whatever else the partner path raises is a bug of ours or an answer no rule
+        # foresaw (a `Retry-After: ²` once made half the answers 500s): the breaker
+        # has counted it as a failure, and the client still gets an offer.
+        state.unexpected_errors.occurred(repr(exc), exc)
+        reason, outcome = UNEXPECTED_ERROR, "failure"
     else:
         state.observer.served("success")
         return offer_response(hot, {"X-Offer-Source": "partner", "X-Call-Outcome": "success"}, breaker)
@@ -172,6 +182,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     breaker = app.state.breaker = build_breaker(settings, redis_client, not_counted=(LocalResourceError,))
     shared = breaker.shared if isinstance(breaker.shared, SharedCircuitState) else None
     app.state.observer = CircuitObserver(BREAKER_NAME)
+    app.state.unexpected_errors = OncePerBurst(
+        log, "an /offer call raised an unexpected error", note="counted as a failure, the fallback served"
+    )
     breaker.add_listener(app.state.observer)
     if shared:
         await shared.start()
