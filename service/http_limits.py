@@ -48,13 +48,19 @@ def uvicorn_options() -> dict[str, Any]:
     return {"http": PROTOCOL, "timeout_keep_alive": KEEP_ALIVE_TIMEOUT}
 
 
+class HeadTooLarge(Exception):
+    """Raised from a parser callback to stop httptools reading a head past `MAX_HEADER_BYTES`."""
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, with a size limit on headers and a deadline on reading a request."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_bytes = 0
         self._in_head = False
+        self._wire_bytes = 0  # bytes read since the open head began, counted from whole reads
+        self._parsed_bytes = 0  # its URL and headers, as the parser hands them over
+        self._too_large = False
         self._read_deadline: asyncio.TimerHandle | None = None
         self._arm()  # a connection that never sends a byte is closed too
 
@@ -63,18 +69,44 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._in_head:
-            self._head_bytes += len(data)
+        # Two counts, because httptools shows a head two ways. A header still coming
+        # is buffered inside the parser, unseen: every read while a head is open is
+        # counted whole, the read it began in too. A head that comes whole in one
+        # read (100 KiB of it, or 20,000 small headers) is parsed before this method
+        # could count it: its URL and headers are counted as the parser hands them
+        # over (`on_url`, `on_header`), and the parse stopped past the limit.
         super().data_received(data)
-        # httptools buffers a header until its end: count the bytes fed while a
-        # head is open, so that no more than one read past the limit is ever held.
-        if self._in_head and self._head_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
-            self._refuse(431, "Request header fields too large.")
+        if self._in_head:
+            self._wire_bytes += len(data)  # at most this read's bytes of an earlier request too
+            if self._wire_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+                self._refuse(431, "Request header fields too large.")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._wire_bytes, self._parsed_bytes = True, 0, 0
         self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def _count(self, size: int) -> None:
+        self._parsed_bytes += size
+        if self._parsed_bytes > MAX_HEADER_BYTES:
+            # Raised inside httptools, it stops the parse; uvicorn then answers 400
+            # through `send_400_response`, which says 431 instead.
+            self._too_large = True
+            raise HeadTooLarge
+
+    def send_400_response(self, msg: str) -> None:
+        if self._too_large:
+            self._refuse(431, "Request header fields too large.")
+        else:
+            super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -263,3 +263,35 @@ async def test_a_stream_whose_client_stops_reading_is_dropped_and_frees_its_slot
     await asyncio.wait_for(stream(scope, receive, send), timeout=10)
     assert time.monotonic() - started < 5
     assert observer.subscribe() is not None  # the slot came back
+
+
+def one_write(service: Service, request: bytes) -> bytes:
+    """The answer to `request` sent in one write; b"" if the server reset the connection.
+
+    A server that refuses a head and closes with the rest unread makes the kernel
+    send a reset, which may overtake its 431: either is a refusal, a 200 is not."""
+    with connect(service) as sock:
+        try:
+            sock.sendall(request)
+            return read_answer(sock)
+        except ConnectionResetError:
+            return b""
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"X-Big: " + b"a" * 100 * 1024 + b"\r\n",
+        b"".join(b"X-%d: a\r\n" % i for i in range(3_000)),  # 30 KiB: one read
+        b"",  # the same limit on the URL: the head is the request line and the headers
+    ],
+    ids=["one-100KiB-header", "3000-small-headers", "100KiB-url"],
+)
+def test_a_head_over_the_limit_sent_in_one_write_is_431(offers: Service, head: bytes) -> None:
+    path = b"/offer" if head else b"/offer?" + b"a" * 100 * 1024
+    answer = one_write(offers, b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + head + b"\r\n")
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    fine = (
+        b"GET /offer HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Fine: " + b"a" * 8000 + b"\r\nConnection: close\r\n\r\n"
+    )
+    assert one_write(offers, fine).startswith(b"HTTP/1.1 200 ")
