@@ -35,7 +35,7 @@ from circuit_breaker import (
     NotPermitted,
     RatePolicy,
 )
-from service import circuit_routes, dashboard, http_limits, method_not_allowed
+from service import circuit_routes, dashboard, http_limits, method_not_allowed, validation_errors
 from service import settings as settings_module
 from service.admin import AdminGuard
 from service.circuit_events import CircuitObserver, Outcome
@@ -223,6 +223,7 @@ def create_app(
     app.state.admin_guard = AdminGuard(token)
     app.add_middleware(settings_module.OneLineStartupErrors)
     method_not_allowed.install(app)
+    validation_errors.install(app)
     # /offer first: Starlette tries routes in order, and the hot path should
     # not pay for matching a dozen others first.
     app.include_router(router)
