@@ -173,6 +173,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Owns what the routes share: the breaker, its Redis connections, the HTTP client."""
     settings: OfferSettings = app.state.settings
     settings_module.configure_logging(settings.log_level, settings.httpx_log_level)
+    for line in settings_module.combination_warnings(settings):
+        log.warning("%s", line)
     redis_client = None
     if settings.redis_url:
         try:

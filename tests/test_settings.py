@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from offer_service import build_breaker, create_app
 from service import settings
 from service.settings import OfferSettings, PartnerSettings
+from tests.fake_clock import FakeClock
 from tools.processes import PROJECT_DIR, free_port
 
 BAD_OFFER_SETTINGS = [
@@ -255,3 +258,46 @@ def test_a_hostile_setting_stops_every_start_method_with_one_line(
     assert ":pw@" not in output
     if method == "python script":
         assert result.stderr.strip().splitlines() == lines  # nothing else at all
+
+
+def test_the_default_slow_call_threshold_is_below_the_partner_timeout() -> None:
+    """Before: 5 s against a 2 s timeout; 40 calls of 1.9 s were all "success, not slow"."""
+    defaults = OfferSettings(circuit_policy="rate")
+    assert defaults.circuit_slow_call_seconds < defaults.partner_timeout
+    assert settings.combination_warnings(defaults) == []
+
+
+async def test_calls_just_under_the_default_timeout_are_slow_with_the_default_settings() -> None:
+    clock = FakeClock()
+    defaults = OfferSettings(circuit_policy="rate")
+    breaker = build_breaker(defaults, clock=clock)
+
+    answered = asyncio.Event()
+
+    async def answers_just_in_time() -> str:
+        await answered.wait()
+        return "hot"
+
+    # The load of a real service: the calls in flight together, all answered after 1.9 s.
+    calls = [
+        asyncio.create_task(breaker.call(answers_just_in_time)) for _ in range(defaults.circuit_min_calls)
+    ]
+    await asyncio.sleep(0)
+    clock.advance(defaults.partner_timeout * 0.95)
+    answered.set()
+    await asyncio.gather(*calls)
+    assert breaker.state == "open"
+
+
+async def test_a_slow_call_rule_that_can_never_trip_is_named_at_start_up(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    never = OfferSettings(circuit_policy="rate", partner_timeout=2, circuit_slow_call_seconds=5)
+    (line,) = settings.combination_warnings(never)
+    assert line.startswith("CIRCUIT_SLOW_CALL_SECONDS=5 is not below PARTNER_TIMEOUT=2")
+    assert settings.combination_warnings(never.model_copy(update={"circuit_policy": "consecutive"})) == []
+    app = create_app(never)
+    async with app.router.lifespan_context(app):  # its logging writes to stderr, not to caplog
+        pass
+    warnings = [row for row in capsys.readouterr().err.splitlines() if row.startswith("WARNING ")]
+    assert [row for row in warnings if row.endswith(f"offer_service - {line}")] != []
