@@ -10,6 +10,7 @@ Run it with `python offer_service.py` (uvicorn, reload, 127.0.0.1:8001).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -175,12 +176,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings_module.configure_logging(settings.log_level, settings.httpx_log_level)
     for line in settings_module.combination_warnings(settings):
         log.warning("%s", line)
-    redis_client = None
-    if settings.redis_url:
-        try:
-            redis_client = await connect_cluster_aware(settings.redis_url)
-        except (redis.RedisError, OSError) as exc:
-            raise settings_module.SettingsError(redis_error_line(settings.redis_url, exc)) from None
+    redis_client = await reach_redis(settings.redis_url) if settings.redis_url else None
     breaker = app.state.breaker = build_breaker(settings, redis_client, not_counted=(LocalResourceError,))
     shared = breaker.shared if isinstance(breaker.shared, SharedCircuitState) else None
     app.state.observer = CircuitObserver(BREAKER_NAME)
@@ -238,20 +234,55 @@ def create_app(
 app = create_app()
 
 
-def redis_error_line(url: str, exc: BaseException) -> str:
+# How long start-up waits for Redis to answer, trying again all the while. Each try
+# has the breaker's own short timeouts (redis_state.REDIS_TIMEOUT, 0.25 s), which a
+# loaded machine overruns now and then: a single try said "unreachable: Timeout
+# reading from ..." beside a healthy Redis. A deployment starts under load, often
+# beside a Redis that is starting too; ten seconds is dozens of tries, and still
+# short enough for a wrong URL to be reported while someone is watching.
+REDIS_STARTUP_SECONDS = 10.0
+# Errors that may pass: Redis not listening yet, or too slow this once.
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+async def reach_redis(url: str, patience: float = REDIS_STARTUP_SECONDS) -> Redis | RedisCluster:
+    """A client of the Redis at `url`, tried until it answers for up to `patience` seconds,
+    or `SettingsError` with one line: unreachable, or something that is not Redis answering."""
+    deadline = time.monotonic() + patience
+    pause = 0.05
+    while True:
+        try:
+            return await connect_cluster_aware(url)
+        except redis.AuthenticationError as exc:
+            raise settings_module.SettingsError(redis_error_line(url, exc, unreachable=False)) from None
+        except UNREACHABLE as exc:
+            if time.monotonic() + pause > deadline:
+                raise settings_module.SettingsError(redis_error_line(url, exc, unreachable=True)) from None
+        except Exception as exc:
+            # An echo server or an HTTP server on that port: redis-py fails in its parser,
+            # sometimes with an AttributeError of its own. Not Redis, whatever it raised.
+            raise settings_module.SettingsError(redis_error_line(url, exc, unreachable=False)) from None
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 1.0)
+
+
+def redis_error_line(url: str, exc: BaseException, unreachable: bool) -> str:
     """The one line that stops start-up when Redis does not answer, or something else does."""
     shown = settings_module.without_password(url)
-    if isinstance(exc, (redis.exceptions.InvalidResponse, redis.ResponseError)):
-        return f"error: REDIS_URL={shown!r} does not answer as a Redis server: {exc}"
-    return f"error: REDIS_URL={shown!r} is unreachable: {exc}"
+    if unreachable:
+        return f"error: REDIS_URL={shown!r} is unreachable: {exc}"
+    return f"error: REDIS_URL={shown!r} does not answer as a Redis server: {str(exc)[:200] or type(exc).__name__}"
 
 
 def check_redis(url: str) -> None:
-    """Stop start-up with one line, rather than a traceback, when Redis does not answer."""
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
-    except (redis.RedisError, OSError) as exc:
-        raise settings_module.SettingsError(redis_error_line(url, exc)) from None
+    """Stop before uvicorn starts (and its reloader, or its workers) with one line, rather than
+    a traceback from each process, when Redis does not answer; the lifespan checks again."""
+
+    async def reach_and_close() -> None:
+        client = await reach_redis(url)
+        await client.aclose()
+
+    asyncio.run(reach_and_close())
 
 
 if __name__ == "__main__":

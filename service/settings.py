@@ -61,7 +61,11 @@ def _redis_url(value: str | None) -> str | None:
 
 def without_password(url: str) -> str:
     """`url` fit for a log line or an error message: its password replaced by `***`."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[::1": no parts to tell a password by, so hide any user part
+        scheme, slashes, rest = url.partition("//")
+        return f"{scheme}{slashes}***@{rest.rpartition('@')[2]}" if "@" in rest else url
     if not parts.password:
         return url
     return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
