@@ -220,6 +220,7 @@ def create_app(
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
     app.state.admin_guard = AdminGuard(token)
     app.add_middleware(settings_module.OneLineStartupErrors)
+    app.add_middleware(http_limits.LimitsCheck)
     method_not_allowed.install(app)
     validation_errors.install(app)
     # /offer first: Starlette tries routes in order, and the hot path should

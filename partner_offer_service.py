@@ -63,6 +63,7 @@ app = FastAPI(
     redoc_url=None,
 )
 method_not_allowed.install(app)
+app.add_middleware(http_limits.LimitsCheck)
 validation_errors.install(app)
 app.state.admin_guard = AdminGuard(settings.admin_token.get_secret_value() if settings.admin_token else None)
 # The admin routes: the guard runs before their body is read.

@@ -22,14 +22,29 @@ missing bounds added: a request's head must stay under `MAX_HEADER_BYTES`
 seconds of its first byte, or of the connection's opening (else 408, or the
 connection closed). `python *_service.py` (and so `make demo`) use it;
 started as `uvicorn offer_service:app`, pass `UVICORN_FLAGS`.
+
+The app cannot choose its server's protocol, so it checks: `LimitsCheck` reads
+the configuration of the uvicorn running it and, when these limits are not
+in force (plain `uvicorn offer_service:app`: 0 of 40 idle connections closed in
+8 s, a 64 MiB header answered 200), says so in one WARNING line at start-up,
+with the flags that apply them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sys
 from typing import Any
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.config import Config
+from uvicorn.lifespan.on import LifespanOn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+log = logging.getLogger("http_limits")
 
 # The largest body any route takes is a chaos setting, about 100 bytes.
 MAX_BODY_BYTES = 4 * 1024
@@ -151,3 +166,59 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             )
         )
         self.transport.close()
+
+
+def server_config() -> Config | None:
+    """The configuration of the uvicorn running this app's lifespan, or None under another server.
+
+    ASGI tells an app nothing of its server, and what wraps the lifespan's
+    `receive` differs between FastAPI versions; but the lifespan runs inside
+    uvicorn's `LifespanOn.main`, whose frame is up the stack of this call.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, LifespanOn):
+            return owner.config
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def start_up_warnings(config: Config | None) -> list[str]:
+    """What `LimitsCheck` says at start-up: the limits not in force, and how to get them."""
+    how = f"start with `python <service>.py`, or give uvicorn `{UVICORN_FLAGS}`"
+    if config is None:
+        return [f"HTTP limits: cannot tell whether they are in force (not started by uvicorn); {how}"]
+    lines = []
+    protocol = config.http_protocol_class
+    if not (isinstance(protocol, type) and issubclass(protocol, BoundedHttpToolsProtocol)):
+        missing = [f"no {REQUEST_READ_TIMEOUT:g} s deadline to read a request (idle connections are held)"]
+        if not (isinstance(protocol, type) and issubclass(protocol, H11Protocol)):
+            missing.append(f"no {MAX_HEADER_BYTES // 1024} KiB limit on a request's head")
+        lines.append(f"HTTP limits not in force: {'; '.join(missing)}; {how}")
+    if config.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        lines.append(
+            f"{config.workers} workers and no PROMETHEUS_MULTIPROC_DIR: /metrics shows the counts of "
+            "whichever worker answers; set it to an empty folder, or start with WORKERS=N python offer_service.py"
+        )
+    return lines
+
+
+class LimitsCheck:
+    """ASGI middleware: at start-up, one WARNING for each limit of this module not in force."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            return await self.app(scope, receive, send)
+
+        async def send_then_warn(message: Message) -> None:
+            await send(message)
+            # After the app's own start-up, so that its logging configuration applies.
+            if message["type"] == "lifespan.startup.complete":
+                for line in start_up_warnings(server_config()):
+                    log.warning("%s", line)
+
+        await self.app(scope, receive, send_then_warn)
