@@ -11,6 +11,7 @@ Run it with `python offer_service.py` (uvicorn, reload, 127.0.0.1:8001).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -286,26 +287,34 @@ def check_redis(url: str) -> None:
     asyncio.run(reach_and_close())
 
 
-if __name__ == "__main__":
-    config: OfferSettings = app.state.settings
-    if config.redis_url:
-        check_redis(config.redis_url)
-    if config.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Each worker counts in its own files here, and /metrics adds them up (metrics.py).
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="offer-metrics-")
+def serve(config: OfferSettings) -> None:
+    """`python offer_service.py`: uvicorn with reload (one worker) or `WORKERS` processes."""
     here = str(Path(__file__).resolve().parent)
-    uvicorn.run(
-        "offer_service:app",
-        host=config.host,
-        port=config.port,
-        # uvicorn cannot reload and run several workers at once.
-        reload=config.workers == 1,
-        workers=config.workers,
-        app_dir=here,
-        reload_dirs=[here],
-        # The walkthrough edits the partner's file; restarting this service
-        # too would reset its circuit and hide what the breaker does.
-        reload_excludes=["partner_offer_service.py"],
-        log_config=settings_module.log_config(config.log_level, config.httpx_log_level),
-        **http_limits.uvicorn_options(),
-    )
+    with contextlib.ExitStack() as cleanup:
+        if config.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Each worker counts in its own files here, and /metrics adds them up (metrics.py);
+            # removed when uvicorn returns, after a SIGTERM or Ctrl-C too.
+            metrics_dir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="offer-metrics-"))
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        uvicorn.run(
+            "offer_service:app",
+            host=config.host,
+            port=config.port,
+            # uvicorn cannot reload and run several workers at once.
+            reload=config.workers == 1,
+            workers=config.workers,
+            app_dir=here,
+            reload_dirs=[here],
+            # The walkthrough edits the partner's file; restarting this service
+            # too would reset its circuit and hide what the breaker does.
+            reload_excludes=["partner_offer_service.py"],
+            log_config=settings_module.log_config(config.log_level, config.httpx_log_level),
+            **http_limits.uvicorn_options(),
+        )
+
+
+if __name__ == "__main__":
+    settings_in_use: OfferSettings = app.state.settings
+    if settings_in_use.redis_url:
+        check_redis(settings_in_use.redis_url)
+    serve(settings_in_use)
