@@ -177,6 +177,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings_module.configure_logging(settings.log_level, settings.httpx_log_level)
     for line in settings_module.combination_warnings(settings):
         log.warning("%s", line)
+    http_limits.warn_of_limits_not_in_force()
     redis_client = await reach_redis(settings.redis_url) if settings.redis_url else None
     breaker = app.state.breaker = build_breaker(settings, redis_client, not_counted=(LocalResourceError,))
     shared = breaker.shared if isinstance(breaker.shared, SharedCircuitState) else None
@@ -221,7 +222,6 @@ def create_app(
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
     app.state.admin_guard = AdminGuard(token)
     app.add_middleware(settings_module.OneLineStartupErrors)
-    app.add_middleware(http_limits.LimitsCheck)
     method_not_allowed.install(app)
     validation_errors.install(app)
     # /offer first: Starlette tries routes in order, and the hot path should

@@ -48,6 +48,7 @@ class Stats(BaseModel):
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings_module.configure_logging(settings.log_level)
+    http_limits.warn_of_limits_not_in_force()
     app.state.requests_received = 0
     app.state.chaos = DEFAULT_CHAOS
     yield
@@ -63,7 +64,6 @@ app = FastAPI(
     redoc_url=None,
 )
 method_not_allowed.install(app)
-app.add_middleware(http_limits.LimitsCheck)
 validation_errors.install(app)
 app.state.admin_guard = AdminGuard(settings.admin_token.get_secret_value() if settings.admin_token else None)
 # The admin routes: the guard runs before their body is read.

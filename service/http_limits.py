@@ -23,7 +23,7 @@ seconds of its first byte, or of the connection's opening (else 408, or the
 connection closed). `python *_service.py` (and so `make demo`) use it;
 started as `uvicorn offer_service:app`, pass `UVICORN_FLAGS`.
 
-The app cannot choose its server's protocol, so it checks: `LimitsCheck` reads
+The app cannot choose its server's protocol, so it checks: its lifespan reads
 the configuration of the uvicorn running it and, when these limits are not
 in force (plain `uvicorn offer_service:app`: 0 of 40 idle connections closed in
 8 s, a 64 MiB header answered 200), says so in one WARNING line at start-up,
@@ -38,7 +38,6 @@ import os
 import sys
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.lifespan.on import LifespanOn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -185,7 +184,7 @@ def server_config() -> Config | None:
 
 
 def start_up_warnings(config: Config | None) -> list[str]:
-    """What `LimitsCheck` says at start-up: the limits not in force, and how to get them."""
+    """What start-up says: the limits not in force, and how to get them."""
     how = f"start with `python <service>.py`, or give uvicorn `{UVICORN_FLAGS}`"
     if config is None:
         return [f"HTTP limits: cannot tell whether they are in force (not started by uvicorn); {how}"]
@@ -204,21 +203,8 @@ def start_up_warnings(config: Config | None) -> list[str]:
     return lines
 
 
-class LimitsCheck:
-    """ASGI middleware: at start-up, one WARNING for each limit of this module not in force."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            return await self.app(scope, receive, send)
-
-        async def send_then_warn(message: Message) -> None:
-            await send(message)
-            # After the app's own start-up, so that its logging configuration applies.
-            if message["type"] == "lifespan.startup.complete":
-                for line in start_up_warnings(server_config()):
-                    log.warning("%s", line)
-
-        await self.app(scope, receive, send_then_warn)
+def warn_of_limits_not_in_force() -> None:
+    """Log one WARNING for each limit of this module the server does not apply. Called from
+    an app's lifespan: in the lifespan, not in a middleware, so requests pay nothing for it."""
+    for line in start_up_warnings(server_config()):
+        log.warning("%s", line)
