@@ -76,6 +76,8 @@ class PartnerFailure(Exception):
 # RFC 9110's delay-seconds: ASCII digits only. `str.isdigit()` also takes "²" or
 # "١٢" (which `float()` then refuses or reads), so the grammar is spelled out.
 DELAY_SECONDS = re.compile(r"[0-9]+")
+# The obsolete asctime form of an HTTP-date, "Sun Nov  6 08:49:37 1994", the only one without "GMT".
+ASCTIME_DATE = re.compile(r"[A-Z][a-z]{2} [A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} [0-9]{4}")
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -92,7 +94,9 @@ def retry_after_seconds(value: str | None) -> float | None:
     try:
         when = email.utils.parsedate_to_datetime(value)
         if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)  # asctime's form has no zone: HTTP dates are all GMT
+            if not ASCTIME_DATE.fullmatch(value):
+                return None  # a date with no zone is an HTTP date only in asctime's form
+            when = when.replace(tzinfo=UTC)  # which is GMT, as every HTTP date
         return max(0.0, (when - datetime.now(UTC)).total_seconds())
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
