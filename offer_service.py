@@ -11,6 +11,7 @@ Run it with `python offer_service.py` (uvicorn, reload, 127.0.0.1:8001).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -36,13 +37,21 @@ from circuit_breaker import (
     NotPermitted,
     RatePolicy,
 )
-from service import circuit_routes, dashboard, http_limits, method_not_allowed, redis_connection
+from service import (
+    circuit_routes,
+    dashboard,
+    http_limits,
+    method_not_allowed,
+    redis_connection,
+    validation_errors,
+)
 from service import settings as settings_module
 from service.admin import AdminGuard
 from service.circuit_events import CircuitObserver, Outcome
 from service.partner_client import (
     HttpClientFactory,
     LocalResourceError,
+    OncePerBurst,
     PartnerClient,
     PartnerDeclined,
     PartnerFailure,
@@ -65,6 +74,9 @@ OFFER_HEADERS = {
     "X-Fallback-Reason": {"description": "why the fallback was served", "schema": {"type": "string"}},
     "X-Circuit-State": {"description": "closed, open or half-open", "schema": {"type": "string"}},
 }
+
+# The reason of a fallback after an error no rule above names.
+UNEXPECTED_ERROR = "partner-unexpected-error"
 
 router = APIRouter()
 
@@ -94,6 +106,12 @@ async def offer(request: Request) -> Response:
         # This process is out of descriptors or connections: the partner was
         # not asked, so the permit went back and it is nobody's failure.
         reason, outcome = exc.reason, "released"
+    except Exception as exc:
+        # Whatever else the partner path raises is a bug of ours or an answer no rule
+        # foresaw (a `Retry-After: ²` once made half the answers 500s): the breaker
+        # has counted it as a failure, and the client still gets an offer.
+        state.unexpected_errors.occurred(repr(exc), exc)
+        reason, outcome = UNEXPECTED_ERROR, "failure"
     else:
         state.observer.served("success")
         return offer_response(hot, {"X-Offer-Source": "partner", "X-Call-Outcome": "success"}, breaker)
@@ -178,15 +196,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Owns what the routes share: the breaker, its Redis connections, the HTTP client."""
     settings: OfferSettings = app.state.settings
     settings_module.configure_logging(settings.log_level, settings.httpx_log_level)
-    redis_client = None
-    if settings.redis_url:
-        try:
-            redis_client = await redis_connection.connect(settings.redis_url)
-        except (redis.RedisError, OSError) as exc:
-            raise settings_module.SettingsError(redis_error_line(settings.redis_url, exc)) from None
+    for line in settings_module.combination_warnings(settings):
+        log.warning("%s", line)
+    http_limits.warn_of_limits_not_in_force()
+    redis_client = await reach_redis(settings.redis_url) if settings.redis_url else None
     breaker = app.state.breaker = build_breaker(settings, redis_client, not_counted=(LocalResourceError,))
     shared = breaker.shared if isinstance(breaker.shared, SharedCircuitState) else None
     app.state.observer = CircuitObserver(BREAKER_NAME)
+    app.state.unexpected_errors = OncePerBurst(
+        log, "an /offer call raised an unexpected error", note="counted as a failure, the fallback served"
+    )
     breaker.add_listener(app.state.observer)
     if shared:
         await shared.start()
@@ -225,6 +244,7 @@ def create_app(
     app.state.admin_guard = AdminGuard(token)
     app.add_middleware(settings_module.OneLineStartupErrors)
     method_not_allowed.install(app)
+    validation_errors.install(app)
     # /offer first: Starlette tries routes in order, and the hot path should
     # not pay for matching a dozen others first.
     app.include_router(router)
@@ -237,49 +257,87 @@ def create_app(
 app = create_app()
 
 
-def redis_error_line(url: str, exc: BaseException) -> str:
+# How long start-up waits for Redis to answer, trying again all the while. Each try
+# has the breaker's own short timeouts (redis_state.REDIS_TIMEOUT, 0.25 s), which a
+# loaded machine overruns now and then: a single try said "unreachable: Timeout
+# reading from ..." beside a healthy Redis. A deployment starts under load, often
+# beside a Redis that is starting too; ten seconds is dozens of tries, and still
+# short enough for a wrong URL to be reported while someone is watching.
+REDIS_STARTUP_SECONDS = 10.0
+# Errors that may pass: Redis not listening yet, or too slow this once.
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+async def reach_redis(url: str, patience: float = REDIS_STARTUP_SECONDS) -> Redis | RedisCluster:
+    """A client of the Redis at `url`, tried until it answers for up to `patience` seconds,
+    or `SettingsError` with one line: unreachable, or something that is not Redis answering."""
+    deadline = time.monotonic() + patience
+    pause = 0.05
+    while True:
+        try:
+            return await redis_connection.connect(url)
+        except redis.AuthenticationError as exc:
+            raise settings_module.SettingsError(redis_error_line(url, exc, unreachable=False)) from None
+        except UNREACHABLE as exc:
+            if redis_connection.tls_failure(exc) or time.monotonic() + pause > deadline:
+                raise settings_module.SettingsError(redis_error_line(url, exc, unreachable=True)) from None
+        except Exception as exc:
+            # An echo server or an HTTP server on that port: redis-py fails in its parser,
+            # sometimes with an AttributeError of its own. Not Redis, whatever it raised.
+            raise settings_module.SettingsError(redis_error_line(url, exc, unreachable=False)) from None
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 1.0)
+
+
+def redis_error_line(url: str, exc: BaseException, unreachable: bool) -> str:
     """The one line that stops start-up when Redis does not answer, or something else does."""
     shown = settings_module.without_password(url)
-    if isinstance(exc, (redis.exceptions.InvalidResponse, redis.ResponseError)):
-        return f"error: REDIS_URL={shown!r} does not answer as a Redis server: {exc}"
     if tls := redis_connection.tls_failure(exc):
         return f"error: REDIS_URL={shown!r}: {tls}"
-    return f"error: REDIS_URL={shown!r} is unreachable: {exc}"
+    if unreachable:
+        return f"error: REDIS_URL={shown!r} is unreachable: {exc}"
+    return f"error: REDIS_URL={shown!r} does not answer as a Redis server: {str(exc)[:200] or type(exc).__name__}"
 
 
 def check_redis(url: str) -> None:
-    """Stop start-up with one line, rather than a traceback, when Redis does not answer."""
+    """Stop before uvicorn starts (and its reloader, or its workers) with one line, rather than
+    a traceback from each process, when Redis does not answer; the lifespan checks again."""
 
-    async def ping() -> None:
-        client = await redis_connection.connect(url)
+    async def reach_and_close() -> None:
+        client = await reach_redis(url)
         await client.aclose()
 
-    try:
-        asyncio.run(ping())
-    except (redis.RedisError, OSError) as exc:
-        raise settings_module.SettingsError(redis_error_line(url, exc)) from None
+    asyncio.run(reach_and_close())
+
+
+def serve(config: OfferSettings) -> None:
+    """`python offer_service.py`: uvicorn with reload (one worker) or `WORKERS` processes."""
+    here = str(Path(__file__).resolve().parent)
+    with contextlib.ExitStack() as cleanup:
+        if config.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Each worker counts in its own files here, and /metrics adds them up (metrics.py);
+            # removed when uvicorn returns, after a SIGTERM or Ctrl-C too.
+            metrics_dir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="offer-metrics-"))
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        uvicorn.run(
+            "offer_service:app",
+            host=config.host,
+            port=config.port,
+            # uvicorn cannot reload and run several workers at once.
+            reload=config.workers == 1,
+            workers=config.workers,
+            app_dir=here,
+            reload_dirs=[here],
+            # The walkthrough edits the partner's file; restarting this service
+            # too would reset its circuit and hide what the breaker does.
+            reload_excludes=["partner_offer_service.py"],
+            log_config=settings_module.log_config(config.log_level, config.httpx_log_level),
+            **http_limits.uvicorn_options(),
+        )
 
 
 if __name__ == "__main__":
-    config: OfferSettings = app.state.settings
-    if config.redis_url:
-        check_redis(config.redis_url)
-    if config.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Each worker counts in its own files here, and /metrics adds them up (metrics.py).
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="offer-metrics-")
-    here = str(Path(__file__).resolve().parent)
-    uvicorn.run(
-        "offer_service:app",
-        host=config.host,
-        port=config.port,
-        # uvicorn cannot reload and run several workers at once.
-        reload=config.workers == 1,
-        workers=config.workers,
-        app_dir=here,
-        reload_dirs=[here],
-        # The walkthrough edits the partner's file; restarting this service
-        # too would reset its circuit and hide what the breaker does.
-        reload_excludes=["partner_offer_service.py"],
-        log_config=settings_module.log_config(config.log_level, config.httpx_log_level),
-        **http_limits.uvicorn_options(),
-    )
+    settings_in_use: OfferSettings = app.state.settings
+    if settings_in_use.redis_url:
+        check_redis(settings_in_use.redis_url)
+    serve(settings_in_use)

@@ -23,7 +23,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from service import http_limits, method_not_allowed
+from service import http_limits, method_not_allowed, validation_errors
 from service import settings as settings_module
 from service.admin import ADMIN_RESPONSES, BODY_RESPONSES, AdminGuard, AdminRoute
 from service.chaos import HANG_SECONDS, Chaos
@@ -48,6 +48,7 @@ class Stats(BaseModel):
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings_module.configure_logging(settings.log_level)
+    http_limits.warn_of_limits_not_in_force()
     app.state.requests_received = 0
     app.state.chaos = DEFAULT_CHAOS
     yield
@@ -63,6 +64,7 @@ app = FastAPI(
     redoc_url=None,
 )
 method_not_allowed.install(app)
+validation_errors.install(app)
 app.state.admin_guard = AdminGuard(settings.admin_token.get_secret_value() if settings.admin_token else None)
 # The admin routes: the guard runs before their body is read.
 admin_routes = APIRouter(route_class=AdminRoute, responses=ADMIN_RESPONSES)

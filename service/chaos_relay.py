@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
@@ -53,11 +52,15 @@ async def relay(request: Request, method: str, body: str | None = None) -> Respo
     except (PartnerFailure, LocalResourceError) as exc:
         log.warning("chaos relay: %s %s: %s", method, CHAOS_PATH, exc)
         return JSONResponse({"detail": BAD_ANSWER}, 502, headers=RELAY_HEADERS)
-    return JSONResponse(payload, answer.status_code, headers=RELAY_HEADERS)
+    return Response(payload, answer.status_code, headers=RELAY_HEADERS, media_type="application/json")
 
 
-def _json_of(status: int, content_type: str, raw: bytes) -> dict[str, Any]:
-    """The partner's JSON object, or `PartnerFailure` for anything else."""
+def _json_of(status: int, content_type: str, raw: bytes) -> bytes:
+    """The partner's JSON object, parsed and written again, or `PartnerFailure` for anything else.
+
+    Written here rather than by `JSONResponse`: `1e999` parses to an infinity and
+    `"\\ud800"` to a lone surrogate, neither of which can be written back; found
+    while rendering the answer, they were a 500 with a traceback."""
     if status not in RELAYED_STATUSES:
         raise PartnerFailure(f"partner-status-{status}")
     if content_type.split(";", 1)[0].strip().lower() != "application/json":
@@ -69,7 +72,12 @@ def _json_of(status: int, content_type: str, raw: bytes) -> dict[str, Any]:
         raise PartnerFailure("partner-bad-body", f"not JSON: {str(exc)[:80]}") from None
     if not isinstance(payload, dict):
         raise PartnerFailure("partner-bad-body", f"a JSON {type(payload).__name__}, not an object")
-    return payload
+    try:
+        return json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise PartnerFailure(
+            "partner-bad-body", f"JSON that cannot be written again: {str(exc)[:80]}"
+        ) from None
 
 
 def _not_json(constant: str) -> None:

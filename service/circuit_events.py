@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
@@ -31,14 +32,43 @@ SNAPSHOT_INTERVAL = 0.25
 # Each stream costs a snapshot four times a second: 1,500 readers took /offer's
 # p99 from 5 ms to 288 ms. A dashboard needs a few; past this, 503.
 MAX_EVENT_STREAMS = 32
+# The streams are open to anyone who reaches the port, and the dashboard is how an
+# operator sees an incident. Measured before these bounds: 32 sockets from one
+# address that read slowly or never kept the real dashboard at 503 for 30-55 s.
+# So one client address holds a few streams at most (429 past it); when all are
+# taken, a client holding fewer takes the oldest stream of the address holding
+# the most; and no stream lives longer than this (EventSource reconnects by itself).
+MAX_EVENT_STREAMS_PER_CLIENT = 4
+MAX_STREAM_SECONDS = 300.0
+
+Transition = dict[str, str | None]
+
+
+class StreamRefused(Exception):
+    """No stream for this client now: `status` 429 (its own cap) or 503 (all taken, fairly)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One event stream's slot: its transitions queue, whose it is, and until when."""
+
+    client: str
+    ends_at: float
+    queue: asyncio.Queue[Transition] = field(default_factory=lambda: asyncio.Queue(maxsize=100))
+    ended: bool = False  # given to another client: the stream ends within a snapshot interval
 
 
 class CircuitObserver(pybreaker.CircuitBreakerListener):
     def __init__(self, breaker_name: str) -> None:
         self._name = breaker_name
-        self.transitions: deque[dict[str, str | None]] = deque(maxlen=50)
+        self.transitions: deque[Transition] = deque(maxlen=50)
         self._per_second: deque[list[int]] = deque()  # [second, hot, cold, not permitted]
-        self._subscribers: set[asyncio.Queue[dict[str, str | None]]] = set()
+        self._subscribers: list[Subscription] = []  # oldest first
         # Label lookups take a lock and build a tuple: done once, not per request.
         self._calls = {o: metrics.CALLS.labels(breaker_name, o) for o in OUTCOMES}
         self._fallbacks: dict[str, Any] = {}
@@ -60,9 +90,10 @@ class CircuitObserver(pybreaker.CircuitBreakerListener):
         self.transitions.append(transition)
         metrics.TRANSITIONS.labels(self._name, old or "", new_state.name).inc()
         metrics.CIRCUIT_STATE.labels(self._name).set(metrics.STATE_VALUES[new_state.name])
-        for queue in self._subscribers:
-            if not queue.full():  # a stalled reader misses transitions, it never stalls the breaker
-                queue.put_nowait(transition)
+        for subscription in self._subscribers:
+            # A stalled reader misses transitions, it never stalls the breaker.
+            if not subscription.queue.full():
+                subscription.queue.put_nowait(transition)
 
     def served(self, outcome: Outcome, reason: str | None = None) -> None:
         """Count one `/offer` answer: hot (success); cold after a failure, an ignored error, a
@@ -95,28 +126,48 @@ class CircuitObserver(pybreaker.CircuitBreakerListener):
         self.transitions.clear()
         self._per_second.clear()
 
-    def subscribe(self) -> asyncio.Queue[dict[str, str | None]] | None:
-        """A queue of transitions for one stream, or None when `MAX_EVENT_STREAMS` are open.
+    def subscribe(self, client: str) -> Subscription:
+        """A slot for one stream of `client` (its address), or `StreamRefused`.
         Taken before the stream starts, so that many clients at once cannot all pass the count."""
+        mine = sum(1 for s in self._subscribers if s.client == client)
+        if mine >= MAX_EVENT_STREAMS_PER_CLIENT:
+            raise StreamRefused(
+                429, f"{MAX_EVENT_STREAMS_PER_CLIENT} event streams from this address already"
+            )
         if len(self._subscribers) >= MAX_EVENT_STREAMS:
-            return None
-        queue: asyncio.Queue[dict[str, str | None]] = asyncio.Queue(maxsize=100)
-        self._subscribers.add(queue)
-        return queue
+            self._end(self._fair_victim(mine + 1))
+        subscription = Subscription(client, time.monotonic() + MAX_STREAM_SECONDS)
+        self._subscribers.append(subscription)
+        return subscription
 
-    def unsubscribe(self, queue: asyncio.Queue[dict[str, str | None]]) -> None:
-        self._subscribers.discard(queue)
+    def _fair_victim(self, would_hold: int) -> Subscription:
+        """The oldest stream of the address holding the most, if it holds more than the
+        newcomer would: an attacker's streams give way to the dashboard's, never the reverse."""
+        held = Counter(s.client for s in self._subscribers)
+        greediest, most = held.most_common(1)[0]
+        if most <= would_hold:
+            raise StreamRefused(503, f"{MAX_EVENT_STREAMS} event streams are open already")
+        return next(s for s in self._subscribers if s.client == greediest)
+
+    def _end(self, subscription: Subscription) -> None:
+        subscription.ended = True
+        self.unsubscribe(subscription)
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        if subscription in self._subscribers:
+            self._subscribers.remove(subscription)
 
     async def events(
-        self, queue: asyncio.Queue[dict[str, str | None]], snapshot: Callable[[], dict[str, Any]]
+        self, subscription: Subscription, snapshot: Callable[[], dict[str, Any]]
     ) -> AsyncIterator[dict[str, str]]:
-        """Server-Sent Events: every transition as it happens, and a snapshot every 250 ms."""
-        while True:
+        """Server-Sent Events: every transition as it happens, and a snapshot every 250 ms,
+        until the stream's life is over or its slot was given to another client."""
+        while not subscription.ended and time.monotonic() < subscription.ends_at:
             yield {"event": "snapshot", "data": json.dumps({**snapshot(), "recent": self.recent()})}
             deadline = time.monotonic() + SNAPSHOT_INTERVAL
             while (left := deadline - time.monotonic()) > 0:
                 try:
-                    transition = await asyncio.wait_for(queue.get(), left)
+                    transition = await asyncio.wait_for(subscription.queue.get(), left)
                 except TimeoutError:
                     break
                 yield {"event": "transition", "data": json.dumps(transition)}

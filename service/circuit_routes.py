@@ -2,7 +2,8 @@
 
 - `GET /offer/circuit`: the status (`CircuitStatus`, in the OpenAPI document).
 - `GET /offer/circuit/events`: Server-Sent Events, transitions and snapshots
-  (`MAX_EVENT_STREAMS` at once; a client that stops reading is dropped).
+  (`MAX_EVENT_STREAMS` at once, a few per client address, five minutes each;
+  a client that stops reading is dropped).
 - `POST /offer/circuit/{open,close,reset}`: trip or reset the circuit (admin).
 - `GET /health`: liveness, and whether the shared state is reachable.
 
@@ -26,7 +27,12 @@ from starlette.types import Receive, Scope, Send
 
 from circuit_breaker import AsyncCircuitBreaker
 from service.admin import ADMIN_RESPONSES, AdminRoute
-from service.circuit_events import MAX_EVENT_STREAMS, CircuitObserver
+from service.circuit_events import (
+    MAX_EVENT_STREAMS,
+    MAX_EVENT_STREAMS_PER_CLIENT,
+    CircuitObserver,
+    StreamRefused,
+)
 
 log = logging.getLogger("circuit_routes")
 
@@ -127,20 +133,22 @@ class EventStream(EventSourceResponse):
 @router.get(
     "/offer/circuit/events",
     summary="Server-Sent Events: transitions, and snapshots 4 times a second",
-    responses={503: {"description": f"{MAX_EVENT_STREAMS} event streams are open already"}},
+    responses={
+        429: {"description": f"{MAX_EVENT_STREAMS_PER_CLIENT} event streams from this address already"},
+        503: {"description": f"{MAX_EVENT_STREAMS} event streams are open already"},
+    },
 )
 async def events(request: Request) -> EventSourceResponse:
     breaker, observer = breaker_of(request), observer_of(request)
-    queue = observer.subscribe()
-    if queue is None:
-        raise HTTPException(
-            503, f"{MAX_EVENT_STREAMS} event streams are open already", headers={"Retry-After": "10"}
-        )
+    try:
+        subscription = observer.subscribe(request.client.host if request.client else "")
+    except StreamRefused as refused:
+        raise HTTPException(refused.status, refused.detail, headers={"Retry-After": "10"}) from None
 
     def snapshot() -> dict[str, Any]:
         return {**breaker.snapshot(), "transitions": list(observer.transitions)}
 
-    return EventStream(observer.events(queue, snapshot), lambda: observer.unsubscribe(queue))
+    return EventStream(observer.events(subscription, snapshot), lambda: observer.unsubscribe(subscription))
 
 
 @router.get("/health", summary="Liveness, and whether the shared state is reachable")

@@ -25,6 +25,7 @@ import asyncio
 import email.utils
 import errno
 import logging
+import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -72,21 +73,33 @@ class PartnerFailure(Exception):
         self.retry_after = retry_after
 
 
+# RFC 9110's delay-seconds: ASCII digits only. `str.isdigit()` also takes "²" or
+# "١٢" (which `float()` then refuses or reads), so the grammar is spelled out.
+DELAY_SECONDS = re.compile(r"[0-9]+")
+# The obsolete asctime form of an HTTP-date, "Sun Nov  6 08:49:37 1994", the only one without "GMT".
+ASCTIME_DATE = re.compile(r"[A-Z][a-z]{2} [A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} [0-9]{4}")
+
+
 def retry_after_seconds(value: str | None) -> float | None:
-    """`Retry-After` as seconds from now (RFC 9110: a number of seconds or an HTTP date);
-    None when absent or unreadable, which a hostile or broken partner may send."""
+    """`Retry-After` as seconds from now, by RFC 9110's grammar: `delay-seconds` (ASCII
+    digits) or an `HTTP-date`; None for anything else, which a hostile or broken partner
+    may send. Never raises: a header is the partner's input, not ours."""
     if not value or len(value) > 64:
         return None
-    value = value.strip()
-    if value.isdigit():
+    value = value.strip(" \t")
+    if DELAY_SECONDS.fullmatch(value):
         return float(value)
+    if not value.isascii():
+        return None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            if not ASCTIME_DATE.fullmatch(value):
+                return None  # a date with no zone is an HTTP date only in asctime's form
+            when = when.replace(tzinfo=UTC)  # which is GMT, as every HTTP date
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        return None  # not an HTTP date, which is always GMT
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 class PartnerDeclined(Exception):
@@ -324,19 +337,25 @@ class OncePerBurst:
     """
 
     def __init__(
-        self, logger: logging.Logger, what: str, interval: float = LOCAL_TROUBLE_LOG_INTERVAL
+        self,
+        logger: logging.Logger,
+        what: str,
+        interval: float = LOCAL_TROUBLE_LOG_INTERVAL,
+        note: str = "not counted against the partner",
     ) -> None:
         self._log = logger
         self._what = what
+        self._note = note
         self._interval = interval
         self._more = 0
         self._summary: asyncio.TimerHandle | None = None
 
-    def occurred(self, detail: str) -> None:
+    def occurred(self, detail: str, error: BaseException | None = None) -> None:
+        """Count one event; `error`, if given, has its traceback in the burst's first line."""
         if self._summary is not None:
             self._more += 1
             return
-        self._log.warning("%s: %s (not counted against the partner)", self._what, detail)
+        self._log.warning("%s: %s (%s)", self._what, detail, self._note, exc_info=error)
         self._summary = asyncio.get_running_loop().call_later(self._interval, self._summarise)
 
     def _summarise(self) -> None:

@@ -167,6 +167,8 @@ def test_the_rate_policy_shows_its_rates_against_their_thresholds(browser: Any, 
 
     # The rates count from 20 calls: the first 12 show a rate at its threshold that trips nothing.
     rate = {"CIRCUIT_POLICY": "rate", "CIRCUIT_WINDOW": "5", "CIRCUIT_MIN_CALLS": "20"}
+    # Slow from 5 s, under a 6 s timeout: no call of a loaded machine counts as slow here.
+    rate |= {"CIRCUIT_SLOW_CALL_SECONDS": "5", "PARTNER_TIMEOUT": "6"}
     partner, offers = services(tmp_path, rate)
     try:
         page = browser.new_page(viewport=DESKTOP)

@@ -234,3 +234,33 @@ async def test_compression_bombs_cost_neither_memory_nor_time(
     assert slowest["/offer"] < PARTNER_TIMEOUT + 0.5
     assert slowest["/health"] < PARTNER_TIMEOUT + 0.5
     assert grown < 50 * 2**20
+
+
+def busy_with_retry_after(value: bytes) -> Behaviour:
+    async def answer(writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            head("503 Service Unavailable", length=4, extra="").replace(
+                b"Connection: close", b"Retry-After: " + value + b"\r\nConnection: close"
+            )
+            + b"busy"
+        )
+
+    return answer
+
+
+# Superscript and Arabic-Indic digits pass `str.isdigit()`: "²" then made `float()` raise,
+# and every such answer a 500 with a traceback, never counted, so the circuit never opened.
+RETRY_AFTERS = ["²".encode(), "³".encode(), "١٢".encode(), b"\xff\xfe", b"1e999", b"-1", b"5.5", b"Infinity"]
+
+
+@pytest.mark.parametrize("value", RETRY_AFTERS, ids=[v.decode("utf-8", "replace") for v in RETRY_AFTERS])
+def test_a_busy_answer_with_any_retry_after_gets_the_fallback_and_counts(
+    hostile: HostilePartner, offers: Service, value: bytes
+) -> None:
+    before = offers.get("/offer/circuit").json()["fail_counter"]
+    hostile.behaviour = busy_with_retry_after(value)
+    response = offers.get("/offer")
+    assert response.status_code == 200
+    assert response.headers["x-offer-source"] == "fallback"
+    assert response.headers["x-fallback-reason"] == "partner-status-503"
+    assert offers.get("/offer/circuit").json()["fail_counter"] == before + 1

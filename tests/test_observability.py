@@ -139,9 +139,14 @@ def test_metrics_give_the_rate_policy_s_window(partner: Service, tmp_path: Path)
         assert metric(text, "circuit_breaker_window_calls", **breaker) == 8
 
 
-def test_metrics_add_up_over_several_workers(editable_partner: EditablePartner) -> None:
-    env = {"PARTNER_OFFER_URL": editable_partner.url, "WORKERS": "2"}
+def test_metrics_add_up_over_several_workers_and_their_folder_goes_at_the_stop(
+    editable_partner: EditablePartner, tmp_path: Path
+) -> None:
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {"PARTNER_OFFER_URL": editable_partner.url, "WORKERS": "2", "TMPDIR": str(temporary)}
     with script_service(editable_partner.cwd, "offer_service.py", env) as offers:
+        assert [p.name[:14] for p in temporary.iterdir()] == ["offer-metrics-"]
         for _ in range(40):
             httpx.get(f"{offers.url}/offer", headers={"Connection": "close"})  # new connections: both workers
         totals = [
@@ -154,6 +159,8 @@ def test_metrics_add_up_over_several_workers(editable_partner: EditablePartner) 
             for _ in range(6)
         ]
     assert totals == [40.0] * 6
+    assert offers.process is not None and offers.process.returncode == 0
+    assert list(temporary.iterdir()) == []  # before: one offer-metrics-* folder left at every stop
 
 
 def test_fallback_reasons_make_one_series_per_status_class(partner: Service, tmp_path: Path) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.partner_client import (
     MAX_OFFER_BYTES,
@@ -16,6 +19,7 @@ from service.partner_client import (
     PartnerDeclined,
     PartnerFailure,
     http_client,
+    retry_after_seconds,
 )
 from service.settings import OfferSettings
 from tests.partner_stand_ins import gzipped, one_gibibyte_of_zeros_gzipped
@@ -180,3 +184,49 @@ async def test_a_compression_bomb_is_never_inflated_past_the_limit() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 4 * MAX_OFFER_BYTES
+
+
+HEADER_BYTES = st.binary(max_size=80).filter(lambda raw: not set(raw) & set(b"\r\n\0"))
+
+
+@given(raw=HEADER_BYTES)
+def test_retry_after_reads_ascii_digits_or_a_date_and_nothing_else(raw: bytes) -> None:
+    for value in (raw.decode("latin-1"), raw.decode("utf-8", "replace")):
+        seconds = retry_after_seconds(value)
+        assert seconds is None or (math.isfinite(seconds) and seconds >= 0)
+        if value.strip(" \t").isascii() and value.strip(" \t").isdigit() and len(value) <= 64:
+            assert seconds == int(value.strip(" \t"))
+
+
+@pytest.mark.parametrize(
+    "value", ["²", "³", "¹", "١٢", "\uff15", "1e-3", "-5", "5.5", "Infinity", "0x10", "1_0"]
+)
+def test_retry_after_is_not_a_number_of_any_other_script_or_syntax(value: str) -> None:
+    assert retry_after_seconds(value) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"],
+)
+def test_retry_after_takes_the_three_http_date_forms(value: str) -> None:
+    assert retry_after_seconds(value) == 0.0  # in the past: come back now
+
+
+@settings(deadline=None, max_examples=200)
+@given(raw=HEADER_BYTES, status=st.sampled_from([429, 503]))
+async def test_any_retry_after_bytes_make_a_partner_failure_and_nothing_else(raw: bytes, status: int) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, stream=Chunked(b"busy"), headers=[(b"retry-after", raw)])
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://partner") as client:
+        failure = await reason_and_retry_after(PartnerClient(client, timeout=1))
+    reason, retry_after = failure
+    assert reason == f"partner-status-{status}"
+    assert retry_after is None or (math.isfinite(retry_after) and retry_after >= 0)
+
+
+async def reason_and_retry_after(partner: PartnerClient) -> tuple[str, float | None]:
+    with pytest.raises(PartnerFailure) as failure:
+        await partner.fetch_hot_offer()
+    return failure.value.reason, failure.value.retry_after

@@ -93,6 +93,10 @@ BAD_ANSWERS = {
     "empty": json_answer(b""),
     "a json list": json_answer(b"[1, 2]"),
     "NaN": json_answer(b'{"latency": NaN}'),
+    # Read by Python's json, but not writable again: each was a 500 with a traceback.
+    "1e999": json_answer(b'{"latency": 1e999}'),
+    "-1e999": json_answer(b'{"latency": -1e999}'),
+    "a lone surrogate": json_answer(b'{"mode": "\\ud800"}'),
     "too deep": json_answer(b"[" * 5000 + b"]" * 5000),
     "too large": json_answer(b'{"x": "' + b"x" * MAX_CHAOS_BYTES + b'"}'),
     "not utf-8": json_answer(b'{"x": "\xff\xfe"}'),

@@ -20,8 +20,8 @@ import httpx
 import psutil
 import pytest
 
-from service import circuit_routes, http_limits
-from service.circuit_events import MAX_EVENT_STREAMS, CircuitObserver
+from service import circuit_events, circuit_routes, http_limits
+from service.circuit_events import MAX_EVENT_STREAMS, MAX_EVENT_STREAMS_PER_CLIENT, CircuitObserver
 from tools.processes import Service, copy_project, free_port, uvicorn_service, wait_for
 
 TOKEN = "limits-test-token-0123456789abcdef"
@@ -207,34 +207,79 @@ def test_idle_and_slow_header_connections_are_closed(request: pytest.FixtureRequ
     assert service.get("/offer").status_code == 200
 
 
-def open_stream(service: Service) -> tuple[socket.socket, bytes]:
-    sock = connect(service)
+def open_stream(service: Service, source: str = "127.0.0.1") -> tuple[socket.socket, bytes]:
+    """An event stream from `source`, a loopback address: each is another client to the service."""
+    sock = socket.create_connection(("127.0.0.1", service.port), timeout=10, source_address=(source, 0))
     sock.sendall(b"GET /offer/circuit/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     return sock, sock.recv(4096)
+
+
+def status_of(head: bytes) -> int:
+    return int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else 0
+
+
+def many_clients(count: int) -> list[str]:
+    """Loopback addresses other than the dashboard's 127.0.0.1, `MAX_EVENT_STREAMS_PER_CLIENT` each."""
+    return [f"127.0.0.{2 + i // MAX_EVENT_STREAMS_PER_CLIENT}" for i in range(count)]
 
 
 def test_event_streams_are_capped_and_a_closed_one_frees_its_slot(offers: Service) -> None:
     streams = []
     try:
-        for _ in range(MAX_EVENT_STREAMS):
-            sock, head = open_stream(offers)
+        for source in many_clients(MAX_EVENT_STREAMS):
+            sock, head = open_stream(offers, source)
             streams.append(sock)
             assert head.startswith(b"HTTP/1.1 200 "), head[:200]
-        refused, head = open_stream(offers)
+        # All taken, each address at its cap: one more from a holder of a full share is refused.
+        refused, head = open_stream(offers, "127.0.0.2")
         refused.close()
-        assert head.startswith(b"HTTP/1.1 503 "), head[:200]
+        assert status_of(head) == 429, head[:200]
         assert b"retry-after: 10" in head.lower()
+        refused, head = open_stream(offers, "127.0.0.200")  # a new address, but every share is 4
         assert offers.get("/offer").status_code == 200
+        refused.close()
         streams.pop().close()
 
         def a_slot_is_free() -> bool:
-            sock, head = open_stream(offers)
+            sock, head = open_stream(offers, many_clients(MAX_EVENT_STREAMS)[-1])
             streams.append(sock)
             return head.startswith(b"HTTP/1.1 200 ")
 
         wait_for(a_slot_is_free, timeout=10, interval=0.2, what="the closed stream's slot free again")
     finally:
         for sock in streams:
+            sock.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_dashboard_gets_a_stream_while_others_hold_every_slot(offers: Service) -> None:
+    """Before: 32 sockets that never read kept the dashboard at 503 for 30-55 s."""
+    attackers: list[socket.socket] = []
+    try:
+        # One address trying to take them all gets its share and 429s for the rest.
+        statuses = []
+        for _ in range(MAX_EVENT_STREAMS + 8):
+            sock, head = open_stream(offers, "127.0.0.2")
+            attackers.append(sock)
+            statuses.append(status_of(head))
+        assert statuses.count(200) == MAX_EVENT_STREAMS_PER_CLIENT
+        assert set(statuses[MAX_EVENT_STREAMS_PER_CLIENT:]) == {429}
+        # Many addresses, a full share each: every slot taken by sockets that read nothing.
+        for source in many_clients(MAX_EVENT_STREAMS)[MAX_EVENT_STREAMS_PER_CLIENT:]:
+            sock, head = open_stream(offers, source)
+            attackers.append(sock)
+            assert status_of(head) == 200
+        # The dashboard, from its own address, is served at once: the greediest gives way.
+        dashboard, head = open_stream(offers, "127.0.0.1")
+        with dashboard:
+            assert status_of(head) == 200, head[:200]
+            assert b"event: snapshot" in head or b"event: snapshot" in dashboard.recv(4096)
+        # ... and they cannot take it back.
+        sock, head = open_stream(offers, "127.0.0.3")
+        attackers.append(sock)
+        assert status_of(head) in (429, 503)
+    finally:
+        for sock in attackers:
             sock.close()
 
 
@@ -245,9 +290,10 @@ async def test_a_stream_whose_client_stops_reading_is_dropped_and_frees_its_slot
     # before a send blocks; here the send blocks at once, as it then would.
     monkeypatch.setattr(circuit_routes, "SEND_TIMEOUT", 0.5)
     observer = CircuitObserver("test")
-    queue = observer.subscribe()
-    assert queue is not None
-    stream = circuit_routes.EventStream(observer.events(queue, dict), lambda: observer.unsubscribe(queue))
+    subscription = observer.subscribe("127.0.0.1")
+    stream = circuit_routes.EventStream(
+        observer.events(subscription, dict), lambda: observer.unsubscribe(subscription)
+    )
     never = asyncio.Event()
 
     async def receive() -> dict[str, str]:
@@ -262,4 +308,69 @@ async def test_a_stream_whose_client_stops_reading_is_dropped_and_frees_its_slot
     started = time.monotonic()
     await asyncio.wait_for(stream(scope, receive, send), timeout=10)
     assert time.monotonic() - started < 5
-    assert observer.subscribe() is not None  # the slot came back
+    for _ in range(MAX_EVENT_STREAMS_PER_CLIENT):
+        observer.subscribe("127.0.0.1")  # the slot came back: a full share is free again
+
+
+async def test_no_event_stream_lives_longer_than_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(circuit_events, "MAX_STREAM_SECONDS", 0.5)
+    observer = CircuitObserver("test")
+    subscription = observer.subscribe("127.0.0.1")
+    started = time.monotonic()
+    snapshots = [event async for event in observer.events(subscription, dict)]
+    assert 0.5 <= time.monotonic() - started < 5
+    assert snapshots and snapshots[0]["event"] == "snapshot"
+
+
+def one_write(service: Service, request: bytes) -> bytes:
+    """The answer to `request` sent in one write; b"" if the server reset the connection.
+
+    A server that refuses a head and closes with the rest unread makes the kernel
+    send a reset, which may overtake its 431: either is a refusal, a 200 is not."""
+    with connect(service) as sock:
+        try:
+            sock.sendall(request)
+            return read_answer(sock)
+        except ConnectionResetError:
+            return b""
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"X-Big: " + b"a" * 100 * 1024 + b"\r\n",
+        b"".join(b"X-%d: a\r\n" % i for i in range(3_000)),  # 30 KiB: one read
+        b"",  # the same limit on the URL: the head is the request line and the headers
+    ],
+    ids=["one-100KiB-header", "3000-small-headers", "100KiB-url"],
+)
+def test_a_head_over_the_limit_sent_in_one_write_is_431(offers: Service, head: bytes) -> None:
+    path = b"/offer" if head else b"/offer?" + b"a" * 100 * 1024
+    answer = one_write(offers, b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + head + b"\r\n")
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    fine = (
+        b"GET /offer HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Fine: " + b"a" * 8000 + b"\r\nConnection: close\r\n\r\n"
+    )
+    assert one_write(offers, fine).startswith(b"HTTP/1.1 200 ")
+
+
+def limits_warnings(service: Service) -> list[str]:
+    return [line for line in service.log().splitlines() if "HTTP limits" in line]
+
+
+def test_started_without_the_limits_the_service_says_which_and_how_in_one_warning(tmp_path: Path) -> None:
+    """Plain `uvicorn offer_service:app`, what most FastAPI users type, held 0 of 40 idle
+    connections closed in 8 s and answered a 64 MiB header with a 200, silently."""
+    with uvicorn_service("offer_service:app", log_dir=tmp_path) as plain:
+        (line,) = limits_warnings(plain)
+    assert line.startswith("WARNING ")
+    assert "deadline to read a request" in line and "16 KiB limit on a request's head" in line
+    assert http_limits.UVICORN_FLAGS in line
+
+
+@pytest.mark.parametrize("started_as", ["uvicorn", "python script"])
+def test_started_the_documented_ways_the_service_warns_of_nothing(
+    request: pytest.FixtureRequest, started_as: str
+) -> None:
+    service: Service = request.getfixturevalue("offers" if started_as == "uvicorn" else "demo_offers")
+    assert limits_warnings(service) == []

@@ -14,7 +14,8 @@ import pytest
 from fastapi import FastAPI
 
 import partner_offer_service
-from offer_service import create_app
+from offer_service import UNEXPECTED_ERROR, create_app
+from service.admin import AdminGuard
 from service.partner_client import ACCEPT_ENCODING
 from service.settings import OfferSettings
 
@@ -258,3 +259,51 @@ async def test_the_partner_app_serves_offers_stats_and_its_chaos_settings() -> N
     assert chaos["effective_status_code"] == partner_offer_service.STATUS_CODE
     assert refused.status_code == 403
     assert stats == {"requests_received": 1, "status_code": partner_offer_service.STATUS_CODE}
+
+
+class Unforeseen(Exception):
+    """What no rule of the partner client names: a bug, or an answer nobody imagined."""
+
+
+@pytest.mark.parametrize("error", [Unforeseen("?"), ValueError("could not convert"), KeyError("x")])
+async def test_whatever_the_partner_path_raises_is_a_counted_failure_and_a_fallback(error: Exception) -> None:
+    async def raising() -> str:
+        raise error
+
+    app = create_app(OfferSettings(circuit_fail_max=3))  # type: ignore[call-arg]
+    async with lifespan(app), asgi_client(app) as client:
+        app.state.partner.fetch_hot_offer = raising
+        response = await client.get("/offer")
+        circuit = (await client.get("/offer/circuit")).json()
+    assert response.status_code == 200
+    assert response.json().startswith("Cold offer fallback ")
+    assert response.headers["x-offer-source"] == "fallback"
+    assert response.headers["x-call-outcome"] == "failure"
+    assert response.headers["x-fallback-reason"] == UNEXPECTED_ERROR
+    assert circuit["fail_counter"] == 1
+
+
+UNWRITABLE_BODIES = [
+    b'{"latency": NaN}',
+    b'{"latency": Infinity}',
+    b'{"failure_rate": -Infinity}',
+    b'{"latency": 1e999}',
+    b'{"mode": "\\ud800"}',
+]
+
+
+@pytest.mark.parametrize("body", UNWRITABLE_BODIES, ids=[b.decode() for b in UNWRITABLE_BODIES])
+async def test_a_chaos_body_python_reads_but_json_cannot_write_is_a_422(
+    partner: Partner, body: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(partner_offer_service.app.state._state, "admin_guard", AdminGuard(TOKEN))
+    headers = {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"}
+    async with (
+        offer_service(partner, admin_token=TOKEN) as offers,
+        asgi_client(partner_offer_service.app) as partner_app,
+    ):
+        relayed = await offers.put("/partner/chaos", content=body, headers=headers)
+        direct = await partner_app.put("/chaos", content=body, headers=headers)
+    for response in (relayed, direct):
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"][0] == "body"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
@@ -11,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from offer_service import build_breaker, create_app
 from service import settings
 from service.settings import OfferSettings, PartnerSettings
-from tools.processes import PROJECT_DIR, free_port
+from tests.fake_clock import FakeClock
+from tools.processes import PROJECT_DIR, RedisServer, free_port
 
 BAD_OFFER_SETTINGS = [
     ("PARTNER_OFFER_URL", "not a url", "an http(s) URL"),
@@ -200,6 +204,37 @@ def not_redis() -> Iterator[str]:
     server.close()
 
 
+@pytest.fixture(scope="module")
+def echo_server() -> Iterator[str]:
+    """A server on a free port that sends every byte back: redis-py once raised an
+    AttributeError of its own on what it read, and start-up printed a traceback."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def echo(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            with contextlib.suppress(OSError):
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=echo, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    stop.set()
+    thread.join(5)
+    server.close()
+
+
 START_METHODS = ["python script", "uvicorn", "make demo"]
 # (service, variable, value, what the one line says after the variable's value)
 HOSTILE_VALUES = [
@@ -212,6 +247,8 @@ HOSTILE_VALUES = [
     ("offer", "PARTNER_OFFER_URL", "http://user:pw@127.0.0.1:8000", "is invalid"),
     ("offer", "REDIS_URL", "<unreachable>", "is unreachable: "),
     ("offer", "REDIS_URL", "<not redis>", "does not answer as a Redis server: "),
+    ("offer", "REDIS_URL", "<echo>", "does not answer as a Redis server: "),
+    ("offer", "PARTNER_OFFER_URL", "http://[::1", "is invalid"),
     ("partner", "PARTNER_LATENCY", "inf", "is invalid"),
 ]
 
@@ -230,13 +267,15 @@ def start_command(method: str, service: str, port: int) -> list[str]:
 @pytest.mark.parametrize("method", START_METHODS)
 @pytest.mark.parametrize(("service", "variable", "value", "says"), HOSTILE_VALUES)
 def test_a_hostile_setting_stops_every_start_method_with_one_line(
-    not_redis: str, method: str, service: str, variable: str, value: str, says: str
+    not_redis: str, echo_server: str, method: str, service: str, variable: str, value: str, says: str
 ) -> None:
     port = free_port()
     if value == "<unreachable>":
         value = f"redis://127.0.0.1:{free_port()}/0"
     elif value == "<not redis>":
         value = not_redis
+    elif value == "<echo>":
+        value = echo_server
     shown = value.replace(":pw@", ":***@")
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PORT": str(port), variable: value}
     result = subprocess.run(
@@ -256,3 +295,66 @@ def test_a_hostile_setting_stops_every_start_method_with_one_line(
     assert ":pw@" not in output
     if method == "python script":
         assert result.stderr.strip().splitlines() == lines  # nothing else at all
+
+
+def test_the_default_slow_call_threshold_is_below_the_partner_timeout() -> None:
+    """Before: 5 s against a 2 s timeout; 40 calls of 1.9 s were all "success, not slow"."""
+    defaults = OfferSettings(circuit_policy="rate")
+    assert defaults.circuit_slow_call_seconds < defaults.partner_timeout
+    assert settings.combination_warnings(defaults) == []
+
+
+async def test_calls_just_under_the_default_timeout_are_slow_with_the_default_settings() -> None:
+    clock = FakeClock()
+    defaults = OfferSettings(circuit_policy="rate")
+    breaker = build_breaker(defaults, clock=clock)
+
+    answered = asyncio.Event()
+
+    async def answers_just_in_time() -> str:
+        await answered.wait()
+        return "hot"
+
+    # The load of a real service: the calls in flight together, all answered after 1.9 s.
+    calls = [
+        asyncio.create_task(breaker.call(answers_just_in_time)) for _ in range(defaults.circuit_min_calls)
+    ]
+    await asyncio.sleep(0)
+    clock.advance(defaults.partner_timeout * 0.95)
+    answered.set()
+    await asyncio.gather(*calls)
+    assert breaker.state == "open"
+
+
+async def test_a_slow_call_rule_that_can_never_trip_is_named_at_start_up(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    never = OfferSettings(circuit_policy="rate", partner_timeout=2, circuit_slow_call_seconds=5)
+    (line,) = settings.combination_warnings(never)
+    assert line.startswith("CIRCUIT_SLOW_CALL_SECONDS=5 is not below PARTNER_TIMEOUT=2")
+    assert settings.combination_warnings(never.model_copy(update={"circuit_policy": "consecutive"})) == []
+    app = create_app(never)
+    async with app.router.lifespan_context(app):  # its logging writes to stderr, not to caplog
+        pass
+    warnings = [row for row in capsys.readouterr().err.splitlines() if row.startswith("WARNING ")]
+    assert [row for row in warnings if row.endswith(f"offer_service - {line}")] != []
+
+
+@pytest.mark.timeout(30)
+async def test_start_up_waits_for_a_redis_that_comes_up_late(redis_binary: str, tmp_path: Path) -> None:
+    """A deployment starts beside a Redis that is starting too, or on a loaded machine:
+    one failed try is no verdict. Before: one try, and "REDIS_URL ... is unreachable"."""
+    server = RedisServer(redis_binary, tmp_path)
+    app = create_app(OfferSettings(redis_url=server.url))
+
+    async def start_redis_later() -> None:
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(server.start)
+
+    late = asyncio.create_task(start_redis_later())
+    try:
+        async with app.router.lifespan_context(app):
+            assert app.state.breaker.shared.connected
+    finally:
+        await late
+        server.stop()

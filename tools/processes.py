@@ -97,6 +97,9 @@ class Service:
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"service did not start: {self.args}\n{self.log()}") from None
+        except BaseException:  # interrupted while it starts (Ctrl-C, SIGTERM): not left running
+            self.stop()
+            raise
         return self
 
     def _ready(self, path: str) -> Callable[[], bool]:

@@ -59,6 +59,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -717,7 +718,23 @@ def update_readme(readme: Path, section: str) -> None:
     readme.write_text(pattern.sub(lambda match: match.group(1) + section + "\n" + match.group(2), text))
 
 
+def stop_servers_on_sigterm() -> None:
+    """SIGTERM (a CI timeout, `kill`, some terminals' Ctrl-C) and SIGHUP end the run as
+    Ctrl-C does, through the `with` blocks that stop every server it started.
+
+    Python's default for them ends the process at once: the uvicorn servers, each
+    in a session of its own (so that `Service.stop` reaches their children), ran
+    on after the benchmark was gone."""
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, leave)
+
+
 def main(argv: list[str] | None = None) -> int:
+    stop_servers_on_sigterm()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -1,0 +1,43 @@
+"""The benchmark stops every server it started, however it is stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tools.processes import PROJECT_DIR, wait_for
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_benchmark_leaves_no_server_running(tmp_path: Path, signum: int) -> None:
+    """Before: after a SIGTERM, the partner and the case's uvicorn ran on, in sessions of their own."""
+    bench = subprocess.Popen(
+        [sys.executable, "tools/bench/run.py", "--smoke", "--no-instructions", "--out", str(tmp_path)],
+        cwd=PROJECT_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    started: list[psutil.Process] = []
+    try:
+        process = psutil.Process(bench.pid)
+
+        def servers() -> list[psutil.Process]:
+            return [p for p in process.children(recursive=True) if "uvicorn" in " ".join(p.cmdline())]
+
+        wait_for(lambda: len(servers()) >= 2, timeout=60, interval=0.2, what="the partner and a case")
+        started = servers()
+        bench.send_signal(signum)
+        bench.wait(30)
+        _, alive = psutil.wait_procs(started, timeout=15)
+        assert alive == [], [p.cmdline() for p in alive]
+    finally:
+        for leftover in [bench, *started]:
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                leftover.kill()  # only what this test started, if the assertion failed
