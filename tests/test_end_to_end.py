@@ -175,7 +175,7 @@ def test_concurrent_requests_do_not_serialize_through_the_breaker(
 
 def test_forcing_a_state_twice_answers_200_and_records_one_transition(offers: Service) -> None:
     for path in ("open", "open", "close", "close"):
-        response = httpx.post(f"{offers.url}/offer/circuit/{path}", timeout=10)
+        response = offers.client.post(f"/offer/circuit/{path}")
         assert response.status_code == 200, response.text
     metrics = offers.get("/metrics").text
     transitions = [
