@@ -131,6 +131,13 @@ def flood(service: Service, rounds: int = 5) -> Counter[str]:
     finally:
         for client in clients:
             client.close()
+        # The service frees those descriptors only once its loop has read each close: until
+        # then a new connection is accepted and reset at once, which is the flood, not the test.
+        wait_for(
+            lambda: service.get("/health").status_code == 200,
+            timeout=10,
+            what=f"{service.url} accepting connections again after the flood's closed",
+        )
 
 
 def assert_closed_with_nothing_counted(service: Service) -> None:
