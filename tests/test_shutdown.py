@@ -34,7 +34,8 @@ def test_sigterm_under_load_finishes_the_requests_in_flight(
             responses = [future.result() for future in futures]
         # uvicorn ends by re-raising the signal it handled, once shut down cleanly.
         assert offers.process.wait(10) in (0, -signal.SIGTERM)
-        assert time.monotonic() - started < 5
+        took = time.monotonic() - started
+        assert took < 5, f"the 20 requests in flight (0.5 s each) ended {took:.1f}s after SIGTERM"
     assert [r.status_code for r in responses] == [200] * 20
     assert all(r.headers["x-offer-source"] == "partner" for r in responses)
     log = offers.log()
