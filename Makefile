@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # honcho runs each Procfile line through the shell: put the venv's python first.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-versions stress scenario lint bench soak clean
+.PHONY: demo test test-long test-versions stress scenario lint bench soak clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -28,9 +28,18 @@ demo: $(VENV)/.runtime
 	@echo "Open the dashboard: http://127.0.0.1:8001/  (then curl 127.0.0.1:8001/offer, or make scenario)"
 	WORKERS=$(WORKERS) $(BIN)/honcho start
 
-## test: unit and end-to-end tests against real processes (and a real redis-server)
+## test: every behaviour, unit and end to end against real processes and a real redis-server (~3 min)
+## Two workers, each taking the next test as it frees up: with a file each, one long file held the run.
 test: $(VENV)/.dev
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(call pytest_run,-m "not long")
+
+## test-long: what only long runs show: the chaos soak, the benchmark's smoke run, the full-size fleet model
+test-long: $(VENV)/.dev
+	$(call pytest_run,-m long)
+
+# pytest exits 5 when it collected nothing (a marker or a path gone wrong): a failure, said so.
+pytest_run = $(BIN)/python -m pytest -n 2 --dist worksteal $(1) \
+	|| { status=$$?; [ $$status -ne 5 ] || echo 'error: pytest collected no tests ($(1))' >&2; exit $$status; }
 
 ## test-versions: the breaker, shared-state and end-to-end tests on every other Python the README
 ## promises, each in its own .venv-X.Y (python3.X from PATH, else pyenv's latest 3.X)

@@ -37,7 +37,7 @@ def start_offers(partner: Service, tmp_path: Path, **env: str) -> Service:
 def send(service: Service, method: str, path: str, token: str | None = None) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     body = {"status_code": 500} if method == "PUT" else None
-    return httpx.request(method, f"{service.url}{path}", json=body, headers=headers, timeout=5)
+    return service.client.request(method, path, json=body, headers=headers, timeout=5)
 
 
 @pytest.mark.parametrize(("method", "path"), ADMIN_REQUESTS)
@@ -84,17 +84,15 @@ def test_without_a_token_admin_requests_from_this_machine_work_and_forged_hosts_
         offers = start_offers(open_partner, tmp_path)
         try:
             assert send(offers, "POST", "/offer/circuit/open").json()["current_state"] == "open"
-            rebound = httpx.post(f"{offers.url}/offer/circuit/close", headers={"Host": "attacker.example"})
+            rebound = offers.client.post("/offer/circuit/close", headers={"Host": "attacker.example"})
             assert rebound.status_code == 403
-            cross_site = httpx.post(
-                f"{offers.url}/offer/circuit/close", headers={"Sec-Fetch-Site": "cross-site"}
-            )
+            cross_site = offers.client.post("/offer/circuit/close", headers={"Sec-Fetch-Site": "cross-site"})
             assert cross_site.status_code == 403
             for origin in ("http://evil.example", "null", "http://127.0.0.1:1", "file://"):
-                foreign = httpx.post(f"{offers.url}/offer/circuit/close", headers={"Origin": origin})
+                foreign = offers.client.post("/offer/circuit/close", headers={"Origin": origin})
                 assert foreign.status_code == 403, origin
             assert offers.get("/offer/circuit").json()["current_state"] == "open"
-            same_origin = httpx.post(f"{offers.url}/offer/circuit/close", headers={"Origin": offers.url})
+            same_origin = offers.client.post("/offer/circuit/close", headers={"Origin": offers.url})
             assert same_origin.json()["current_state"] == "closed"
         finally:
             offers.stop()
@@ -118,7 +116,7 @@ def test_the_page_and_the_event_stream_leak_no_secret(partner: Service, tmp_path
         assert "default-src 'self'" in page.headers["content-security-policy"]
         assert page.headers["x-content-type-options"] == "nosniff"
         assert page.headers["x-frame-options"] == "DENY"
-        with httpx.stream("GET", f"{offers.url}/offer/circuit/events", timeout=5) as stream:
+        with offers.client.stream("GET", "/offer/circuit/events", timeout=5) as stream:
             first = next(line for line in stream.iter_lines() if line.startswith("data: "))
         assert TOKEN not in first
         assert "token" not in first.lower()
@@ -131,7 +129,7 @@ def test_no_redirect_is_built_from_the_host(partner: Service, tmp_path: Path) ->
     offers = start_offers(partner, tmp_path, ADMIN_TOKEN=TOKEN)
     try:
         for method, path in [("GET", "/offer/"), ("POST", "/offer/circuit/open/"), ("GET", "/health/")]:
-            answer = httpx.request(method, offers.url + path, headers={"Host": "evil.example"}, timeout=5)
+            answer = offers.client.request(method, path, headers={"Host": "evil.example"}, timeout=5)
             assert answer.status_code == 404, path
             assert "location" not in answer.headers
             assert "evil.example" not in answer.text
@@ -155,10 +153,10 @@ def test_every_405_lists_the_methods_the_path_takes(partner: Service, tmp_path: 
     try:
         for path, allow in EXPECTED_ALLOW.items():
             method = "PATCH"
-            answer = httpx.request(method, offers.url + path, timeout=5)
+            answer = offers.client.request(method, path, timeout=5)
             assert answer.status_code == 405, path
             assert answer.headers["allow"] == allow, path
-        chaos = httpx.post(f"{partner.url}/chaos", timeout=5)
+        chaos = partner.client.post("/chaos", timeout=5)
         assert (chaos.status_code, chaos.headers["allow"]) == (405, "GET, PUT, DELETE")
     finally:
         offers.stop()

@@ -10,6 +10,7 @@ import pytest
 from tools.processes import redis_server_binary, run_script
 
 
+@pytest.mark.long  # rounds of every case, ~70 s: `make test-long`
 @pytest.mark.timeout(300)  # a few service starts per case and round, on a machine that may be busy
 def test_bench_smoke_run_writes_results(tmp_path: Path) -> None:
     result = run_script("tools/bench/run.py", "--smoke", "--out", str(tmp_path), timeout=280)

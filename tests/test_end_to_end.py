@@ -146,7 +146,7 @@ def test_a_partner_slower_than_the_timeout_gets_the_fallback_within_the_timeout(
         response = offer(offers)
         elapsed = time.monotonic() - started
         assert response.headers["x-fallback-reason"] == "partner-timeout"
-        assert elapsed < 0.1 + 0.5
+        assert elapsed < 0.6, f"the fallback took {elapsed:.2f}s: no sooner than the partner's 0.6 s answer"
 
 
 def test_an_unreachable_partner_gets_the_fallback(tmp_path: Path) -> None:
@@ -170,12 +170,14 @@ def test_concurrent_requests_do_not_serialize_through_the_breaker(
     # Serialized, 30 calls of 0.6 s would take 18 s; concurrent, about 0.6 s, and a machine
     # with two CPU-burning neighbours has taken 3.5 s. A third of the serialized time tells
     # them apart.
-    assert elapsed < concurrency * latency / 3
+    assert elapsed < concurrency * latency / 3, (
+        f"{concurrency} calls of {latency} s took {elapsed:.1f} s: serialized would be {concurrency * latency:.0f} s"
+    )
 
 
 def test_forcing_a_state_twice_answers_200_and_records_one_transition(offers: Service) -> None:
     for path in ("open", "open", "close", "close"):
-        response = httpx.post(f"{offers.url}/offer/circuit/{path}", timeout=10)
+        response = offers.client.post(f"/offer/circuit/{path}")
         assert response.status_code == 200, response.text
     metrics = offers.get("/metrics").text
     transitions = [

@@ -13,9 +13,22 @@ WALKTHROUGH_CHECKS = 11
 PARTIAL_CHECKS = 7
 
 
+@pytest.mark.timeout(120)
+def test_the_walkthrough_tells_its_story() -> None:
+    result = run_script("tools/scenario.py", "--start", "--story", "walkthrough", timeout=100)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert f"the story: {WALKTHROUGH_CHECKS} of {WALKTHROUGH_CHECKS} checks as expected" in out
+    assert "FAIL" not in out
+    assert "\033[" not in out  # no colour codes when not printing to a terminal
+    assert "== Partial failures" not in out
+
+
+# Seconds of steady load per step, ~45 s in all: what `make scenario` shows, run by `make test-long`.
+@pytest.mark.long
 @pytest.mark.timeout(180)
 def test_the_scenario_tells_the_whole_story() -> None:
-    result = run_script("tools/scenario.py", "--start", timeout=120)
+    result = run_script("tools/scenario.py", "--start", timeout=160)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     total = WALKTHROUGH_CHECKS + PARTIAL_CHECKS

@@ -7,6 +7,7 @@ import pytest
 from tools.processes import run_script
 
 
+@pytest.mark.long  # 15 s of load by design: `make test-long`
 @pytest.mark.timeout(240)
 def test_a_15_second_chaos_soak_passes() -> None:
     result = run_script("tools/bench/soak.py", "--seconds", "15", timeout=180)
