@@ -719,8 +719,8 @@ def update_readme(readme: Path, section: str) -> None:
 
 
 def stop_servers_on_sigterm() -> None:
-    """SIGTERM (a CI timeout, `kill`, some terminals' Ctrl-C) and SIGHUP end the run as
-    Ctrl-C does, through the `with` blocks that stop every server it started.
+    """SIGTERM (a CI timeout, `kill`, some terminals' Ctrl-C), SIGHUP and SIGINT end the
+    run through the `with` blocks that stop every server it started.
 
     Python's default for them ends the process at once: the uvicorn servers, each
     in a session of its own (so that `Service.stop` reaches their children), ran
@@ -729,7 +729,9 @@ def stop_servers_on_sigterm() -> None:
     def leave(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    # SIGINT too: under asyncio.run, Ctrl-C only cancels the running task, which the load
+    # loops take for the end of one measurement, and the run went on to the next case.
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(signum, leave)
 
 
