@@ -11,8 +11,7 @@ import pytest
 import redis
 
 from circuit_breaker import AsyncCircuitBreaker
-from offer_service import build_breaker
-from service.redis_connection import connect
+from offer_service import build_breaker, reach_redis
 from service.settings import OfferSettings
 from tools.processes import EditablePartner, RedisClusterServers, RedisServer, redis_server_binary
 
@@ -83,7 +82,9 @@ async def fleet(redis_server: RedisServer) -> AsyncIterator[Fleet]:
         options = {"clock": clock} if clock else {}
         breaker = build_breaker(
             OfferSettings(**values),
-            await connect(url or redis_server.url),
+            # As the service starts: tried again until Redis answers (a delay proxy on a
+            # loaded machine can overrun the 0.25 s of a single try).
+            await reach_redis(url or redis_server.url),
             **options,  # type: ignore[arg-type]
         )
         assert breaker.shared is not None
