@@ -254,15 +254,21 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
+        self._wait_until_answering(
+            redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2),
+            f"redis-server on port {self.port}",
+        )
+        return self
+
+    def _wait_until_answering(self, client: redis.Redis, what: str) -> None:
+        """Until `client` gets a PONG; a server that never answers is not left running."""
         try:
-            wait_for(client.ping, timeout=10, what=f"redis-server on port {self.port}")
+            wait_for(client.ping, timeout=10, what=what)
         except BaseException:
             self.stop()
             raise
         finally:
             client.close()
-        return self
 
     def stop(self) -> None:
         """Kill it, as an outage would: no clean shutdown."""
@@ -535,11 +541,5 @@ class TlsRedisServer(RedisServer):
             ssl_ca_certs=str(self.tls.ca),
             socket_connect_timeout=0.5,
         )
-        try:
-            wait_for(client.ping, timeout=10, what=f"TLS redis-server on port {self.port}")
-        except BaseException:
-            self.stop()
-            raise
-        finally:
-            client.close()
+        self._wait_until_answering(client, f"TLS redis-server on port {self.port}")
         return self
