@@ -126,6 +126,7 @@ STOP_TIMEOUT = 2.0
 Source = Literal["write", "read", "message", "seed"]
 COUNTS = ("failures", "reset-failures")  # outbox entries that count failures in a row
 NOT_TRANSITIONS = (*COUNTS, "window")  # the others are transitions
+FORCED = ("force-open", "force-close", "hold")  # applied in Redis whatever their version
 
 
 async def shielded(awaitable: Awaitable[T], cancel_inner: bool = True) -> T:
@@ -439,8 +440,9 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         carried. A read or a pub/sub message may have been made before a write
         of ours landed: at the same version, while writes are on their way, it
         would roll back the failures counted since, so it is left for the
-        write's reply; nor does a reply undo a transition made here and not
-        sent yet. A `seed` (start-up, a re-seeded record) is taken whole.
+        write's reply. Nor does any snapshot undo a transition made here that
+        Redis will still apply on top of it (`_still_to_apply`), whatever its
+        version. A `seed` (start-up, a re-seeded record) is taken whole.
         """
         if source != "seed" and (not shared.exists or shared.version < self._version):
             self._suspect_lost()
@@ -449,12 +451,8 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             return  # taken before a snapshot already heard: a reply or a message that came late
         if source == "message":
             self._busy_until = None  # something changed: a released lease, say
-        if source != "seed" and shared.version == self._version:
-            # Redis has not seen some writes of ours yet: the reply to them settles it.
-            if source == "write" and _has_transition(self._outbox):
-                return  # a transition made here, not sent yet
-            if source != "write" and self._writes_pending():
-                return
+        if source != "seed" and self._still_to_apply(shared, source):
+            return  # Redis has not seen some writes of ours yet: the reply to them settles it
         state_changed = shared.state != self._state
         version_changed = shared.version != self._version
         self._version, self._seq = shared.version, shared.seq
@@ -513,6 +511,25 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
 
     def _writes_pending(self) -> bool:
         return bool(self._in_flight or self._outbox)
+
+    def _still_to_apply(self, shared: Shared, source: Source) -> bool:
+        """Whether writes made here and not in `shared` would change what it says.
+
+        A transition goes on top of a snapshot when it is forced (Redis applies it
+        whatever the version) or based on the snapshot's version or a later one.
+        Taking such a snapshot would roll this process's view back and forward
+        again: an operator's open then close, back to back, were heard as
+        closed->open->closed->open->closed when the reply to the open came in
+        after the close was made here (its version is newer than this process
+        had heard, so a check at the same version let it through). The reply
+        to the write that carries them settles it, one round trip later.
+        """
+        if source != "write" and shared.version == self._version and self._writes_pending():
+            return True
+        return any(
+            op in FORCED or (op not in NOT_TRANSITIONS and base >= shared.version)
+            for op, base, _ in (*self._in_flight, *self._outbox)
+        )
 
     def _transitions_pending(self) -> bool:
         return _has_transition(self._in_flight) or _has_transition(self._outbox)

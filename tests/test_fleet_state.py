@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 
+import pybreaker
 import pytest
 import redis
 
@@ -312,6 +313,43 @@ async def test_a_forced_open_during_a_half_open_trial_elsewhere_is_not_lost(
     await asyncio.sleep(0.1)  # a's refused close, if any, has had its answer
     assert redis_client.hget(CIRCUIT, "state") == b"open"
     assert a.state_name == b.state_name == "open"
+
+
+class Transitions(pybreaker.CircuitBreakerListener):
+    """Writes down every transition a breaker's listeners hear, as the metrics count them."""
+
+    def __init__(self, breaker: AsyncCircuitBreaker) -> None:
+        self.heard: list[str] = []
+        breaker.add_listener(self)
+
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old: pybreaker.CircuitBreakerState | None,
+        new: pybreaker.CircuitBreakerState,
+    ) -> None:
+        self.heard.append(f"{old.name if old else None}->{new.name}")
+
+
+async def test_an_operators_open_and_close_given_twice_back_to_back_are_one_transition_each(
+    fleet: Fleet, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    # Redis 50 ms away from `a`: the reply to its first open comes in after the second open
+    # and both closes were made here, as when an admin client sends them back to back.
+    with delay_proxy(redis_server.port, delay=0.05) as url:
+        a, b = await fleet(url=url), await fleet()
+        on_a, on_b = Transitions(a), Transitions(b)
+        a.trip()
+        await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="the open written")
+        a.trip()
+        a.reset()
+        a.reset()
+        await eventually(
+            lambda: not shared(a)._writes_pending() and b.state_name == "closed", what="the fleet closed"
+        )
+        assert redis_client.hget(CIRCUIT, "state") == b"closed"
+        assert on_a.heard == ["closed->open", "open->closed"]
+        assert on_b.heard == ["closed->open", "open->closed"]
 
 
 async def test_forcing_open_an_open_circuit_twice_is_no_error_and_keeps_its_period(fleet: Fleet) -> None:
