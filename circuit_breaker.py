@@ -366,12 +366,12 @@ class Permit:
         """No outcome: a trial hands its place (and the fleet's lease) to the next caller."""
         if not self._ended:
             self._ended = True
-            self._breaker._free_trial(self, hand_back=True)
+            self._breaker._free_trial(self.is_trial, hand_back=True)
 
     def _end(self, error: BaseException | None) -> None:
         if not self._ended:
             self._ended = True
-            self._breaker._record(self, error)
+            self._breaker._record(self.state, self.generation, self.is_trial, self.started, error)
 
 
 class _TrialPermit(Permit):
@@ -395,7 +395,7 @@ class Calling:
     `not_counted`), a cancellation no outcome. When the circuit opens meanwhile,
     the block is cancelled at its next await and `CutShort` is raised."""
 
-    __slots__ = ("_breaker", "_func", "_permit", "_waiting")
+    __slots__ = ("_breaker", "_func", "_permit", "_task")
 
     def __init__(self, breaker: AsyncCircuitBreaker, func: Callable[..., Any]) -> None:
         self._breaker = breaker
@@ -403,25 +403,20 @@ class Calling:
 
     async def __aenter__(self) -> Permit:
         self._permit = permit = await self._breaker.admit(self._func)
-        self._waiting = waiting = asyncio.timeout(None)  # `state_change` may set its deadline
-        await waiting.__aenter__()
-        self._breaker._waiting.add(waiting)
+        self._task = self._breaker._wait()
         return permit
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        waiting, permit = self._waiting, self._permit
-        self._breaker._waiting.discard(waiting)
-        try:
-            await waiting.__aexit__(exc_type, exc, tb)
-        except TimeoutError:  # the circuit opened: the cancellation became a timeout
+        breaker, permit = self._breaker, self._permit
+        if breaker._done_waiting(self._task, exc):  # the circuit opened: this block was cancelled
             permit.release()
             raise CutShort() from None
         if exc is None:
             permit.success()
         else:
-            self._breaker._settle(permit, exc)
+            breaker._settle(permit, exc)
 
 
 class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
@@ -475,7 +470,14 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         self._trial_started = 0.0
         self._dropped_logged = False
         self._own_transition = False  # opened by this breaker or heard from the fleet
-        self._waiting: set[asyncio.Timeout] = set()
+        # Calls under way, by task (how many of that task's), to cut short when the circuit
+        # opens; and the tasks cut short, with their `cancelling()` count from before.
+        self._waiting: dict[asyncio.Task[Any], int] = {}
+        self._cut: dict[asyncio.Task[Any], int] = {}
+        self._storage = _storage(state_machine)
+        self._listeners_seen: list[Any] = []  # pybreaker's list when `_hear_calls` last looked
+        self._listeners_loud = False  # some listener hears every call
+        self._listeners_log = False  # a LogListener does, when DEBUG is enabled
         state_machine.add_listener(self)
         if shared is not None:
             shared.on_change = self._heard_from_fleet
@@ -488,6 +490,19 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         What you do with the permit is not watched: the call is not cut short when the
         circuit opens (use `calling()` or `call` for that), and its outcome is whatever you
         report. Report exactly once, on every path."""
+        state = self._closed_state()
+        if state is not None:
+            if self._hear_calls():
+                self._before_call(func)
+            return Permit(self, state, self._generation(), False, self._clock())
+        state, is_trial = await self._admit_not_closed(func)
+        return (_TrialPermit if is_trial else Permit)(
+            self, state, self._generation(), is_trial, self._clock()
+        )
+
+    async def _admit_not_closed(self, func: Callable[..., Any]) -> tuple[pybreaker.CircuitBreakerState, bool]:
+        """`admit` past a closed circuit's fast path: the state admitted in, and whether
+        the call is the half-open trial."""
         machine = self.state_machine
         state: pybreaker.CircuitBreakerState = machine.state
         if state.name == pybreaker.STATE_OPEN and self.seconds_until_trial() > 0:
@@ -496,11 +511,8 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         if is_trial:
             state = await self._begin_trial()
             is_trial = state.name == pybreaker.STATE_HALF_OPEN
-        for listener in machine.listeners:
-            listener.before_call(machine, func)
-        return (_TrialPermit if is_trial else Permit)(
-            self, state, self._generation(), is_trial, self._clock()
-        )
+        self._before_call(func)
+        return state, is_trial
 
     async def call(
         self,
@@ -522,39 +534,45 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
                 "call() takes the function and its arguments, not a coroutine: "
                 "write `await breaker.call(fetch, arg)`, not `await breaker.call(fetch(arg))`"
             )
-        try:
-            permit = await self.admit(func)
-        except NotPermitted as exc:
-            if fallback is None:
-                raise
-            return await _fall_back(fallback, exc)
+        # A closed circuit's call needs no Permit object: the fields below are the permit.
+        state = self._closed_state()
+        if state is not None:
+            is_trial = False
+            if self._hear_calls():
+                self._before_call(func)
+        else:
+            try:
+                state, is_trial = await self._admit_not_closed(func)
+            except NotPermitted as exc:
+                if fallback is None:
+                    raise
+                return await _fall_back(fallback, exc)
+        generation = self._resets + self.shared.generation if self.shared else self._resets
+        started = self._clock() if self._window is not None else 0.0
         try:
             awaitable = func(*args, **kwargs) if args or kwargs else func()
         except BaseException:  # the call could not even start: the caller's own trouble
-            permit.release()
+            self._free_trial(is_trial, hand_back=True)
             raise
         if type(awaitable) is not CoroutineType and not inspect.isawaitable(awaitable):
-            permit.release()
+            self._free_trial(is_trial, hand_back=True)
             raise TypeError(_not_awaitable(func))
-        waiting = asyncio.timeout(None)  # no deadline of its own: `state_change` may set one
+        task = self._wait()
         try:
-            async with waiting:
-                self._waiting.add(waiting)
-                try:
-                    result = await awaitable
-                finally:
-                    self._waiting.discard(waiting)
+            result = await awaitable
         except BaseException as exc:
-            if isinstance(exc, TimeoutError) and waiting.expired():
-                permit.release()
+            if self._done_waiting(task, exc):
+                self._free_trial(is_trial, hand_back=True)
                 if fallback is None:
                     raise CutShort() from None
                 return await _fall_back(fallback, CutShort())
+            permit = Permit(self, state, generation, is_trial, started)
             if not self._settle(permit, exc) or fallback is None:
                 raise
             assert isinstance(exc, Exception)
             return await _fall_back(fallback, exc)
-        permit.success()
+        self._done_waiting(task, None)
+        self._record(state, generation, is_trial, started, None)
         return result
 
     def calling(self) -> Calling:
@@ -740,10 +758,9 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
             else:
                 self._hold_until = until
         if self._waiting:
-            now = asyncio.get_running_loop().time()
-            for waiting in self._waiting:
-                if not waiting.expired():  # one already ending cannot be rescheduled
-                    waiting.reschedule(now)
+            # On the loop's next turn, as a deadline of now would: a call that ends meanwhile
+            # (the one that tripped it, say) is not cancelled after it ended.
+            asyncio.get_running_loop().call_soon(self._cut_short, tuple(self._waiting))
 
     # The half-open trial and the generation.
 
@@ -772,11 +789,34 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
             self.state_machine.half_open()
         return self.state_machine.state
 
-    def _record(self, permit: Permit, error: BaseException | None) -> None:
+    def _record(
+        self,
+        state: pybreaker.CircuitBreakerState,
+        generation: int,
+        is_trial: bool,
+        started: float,
+        error: BaseException | None,
+    ) -> None:
         """Count one outcome against the generation that admitted it, or not at all."""
-        machine, state = self.state_machine, permit.state
+        machine, storage = self.state_machine, self._storage
+        if (
+            error is None
+            and type(state) is pybreaker.CircuitClosedState
+            and machine._state is state
+            and storage.state == pybreaker.STATE_CLOSED
+            and generation == (self._resets + self.shared.generation if self.shared else self._resets)
+            and not self._hear_calls()
+        ):
+            # A closed circuit's success, the common case: what pybreaker's `_handle_success`
+            # would do (reset the count; the closed state's `on_success` does nothing), without
+            # its calls, when no listener hears it.
+            self._retry_after_until = None
+            storage.reset_counter()
+            if self._window is not None:
+                self._count_in_window(False, self._clock() - started)
+            return
         try:
-            if not self._is_current(state, permit.generation):
+            if not self._is_current(state, generation):
                 log.debug("%s: ignoring an outcome from an earlier state", self.name)
                 return
             if error is None:
@@ -793,9 +833,9 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
                 finally:
                     self._own_transition = outer
             if self._window is not None and state.name == pybreaker.STATE_CLOSED:
-                self._count_in_window(failed, self._clock() - permit.started)
+                self._count_in_window(failed, self._clock() - started)
         finally:
-            self._free_trial(permit, hand_back=False)
+            self._free_trial(is_trial, hand_back=False)
 
     def _heard_retry_after(self, retry_after: object) -> None:
         """Remember a "come back later" until then; it holds the circuit only if it opens
@@ -886,13 +926,66 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
             self._open()
         self._hold_until = max(self._hold_until or 0.0, self._clock() + seconds)
 
-    def _free_trial(self, permit: Permit, hand_back: bool) -> None:
+    def _free_trial(self, is_trial: bool, hand_back: bool) -> None:
         """`hand_back`: the trial ended without an outcome, so the fleet's lease goes back
         and another caller may try at once."""
-        if permit.is_trial:
+        if is_trial:
             self._trial_in_flight = False
             if hand_back and self.shared:
                 self.shared.release_trial()
+
+    def _closed_state(self) -> pybreaker.CircuitBreakerState | None:
+        """The closed state, if the circuit is closed: pybreaker's `state` property in
+        a closed circuit, without its calls (the refresh from the storage is kept)."""
+        state = self.state_machine._state
+        if type(state) is pybreaker.CircuitClosedState and self._storage.state == pybreaker.STATE_CLOSED:
+            return state
+        return None
+
+    def _hear_calls(self) -> bool:
+        """Whether a listener hears each call (`before_call`, `success`, `failure`): not the
+        breaker itself, nor a `LogListener` while DEBUG is off. Then a closed circuit's
+        call tells nobody, and costs a third less (callgrind)."""
+        listeners = self.state_machine._listeners
+        if listeners != self._listeners_seen:  # added or removed: classify them again
+            self._listeners_seen = list(listeners)
+            hooks = [_per_call_hooks(type(listener)) for listener in listeners]
+            self._listeners_loud = "always" in hooks
+            self._listeners_log = "debug" in hooks
+        return self._listeners_loud or (self._listeners_log and log.isEnabledFor(logging.DEBUG))
+
+    def _before_call(self, func: Callable[..., Any]) -> None:
+        machine = self.state_machine
+        for listener in machine.listeners:
+            listener.before_call(machine, func)
+
+    def _wait(self) -> asyncio.Task[Any]:
+        """The current task, now waiting on a guarded call: cut short if the circuit opens."""
+        task = asyncio.current_task()
+        assert task is not None, "a guarded call runs in an asyncio task"
+        waiting = self._waiting
+        waiting[task] = waiting.get(task, 0) + 1
+        return task
+
+    def _done_waiting(self, task: asyncio.Task[Any], error: BaseException | None) -> bool:
+        """The guarded call ended, with `error`; whether that was the cancellation of a cut
+        short (what `asyncio.timeout` tells by `uncancel`, so a cancellation from outside
+        meanwhile still propagates)."""
+        waiting = self._waiting
+        calls = waiting.pop(task)
+        if calls > 1:
+            waiting[task] = calls - 1
+        if not self._cut or task not in self._cut:
+            return False
+        before = self._cut.pop(task)
+        return task.uncancel() <= before and isinstance(error, asyncio.CancelledError)
+
+    def _cut_short(self, tasks: tuple[asyncio.Task[Any], ...]) -> None:
+        """Cancel the calls that were waiting when the circuit opened and still are."""
+        for task in tasks:
+            if task in self._waiting and task not in self._cut and not task.done():
+                self._cut[task] = task.cancelling()
+                task.cancel()
 
     def _generation(self) -> int:
         # Both counters only grow, so their sum changes whenever either does.
@@ -911,6 +1004,22 @@ async def _fall_back(fallback: Callable[[Exception], T | Awaitable[T]], error: E
 
 # pybreaker's private names, each used here only. Checked against pybreaker 1.4.1;
 # tests/test_pybreaker_private.py fails if a release renames or changes them.
+
+
+def _per_call_hooks(listener: type) -> Literal["none", "debug", "always"]:
+    """Which per-call events `listener` acts on: none of them (pybreaker's no-op methods),
+    only DEBUG logs (`LogListener`'s own), or some other."""
+    base = pybreaker.CircuitBreakerListener
+    overridden = [
+        name
+        for name in ("before_call", "success", "failure")
+        if getattr(listener, name) is not getattr(base, name)
+    ]
+    if not overridden:
+        return "none"
+    if all(getattr(listener, name) is getattr(LogListener, name) for name in overridden):
+        return "debug"
+    return "always"
 
 
 def _state_object(machine: pybreaker.CircuitBreaker) -> pybreaker.CircuitBreakerState:

@@ -38,6 +38,7 @@ from circuit_breaker import (
 from service import circuit_routes, dashboard, http_limits, method_not_allowed
 from service import settings as settings_module
 from service.admin import AdminGuard
+from service.body_limit import DeclaredBodyLimit
 from service.circuit_events import CircuitObserver, Outcome
 from service.partner_client import (
     HttpClientFactory,
@@ -204,7 +205,6 @@ def create_app(
         title="Offer service",
         description="Hot offers from the partner through a circuit breaker, cold ones when it is open.",
         lifespan=lifespan,
-        max_body_size=http_limits.MAX_BODY_BYTES,
         # A redirect to the slash-less path would be built from the request's Host.
         redirect_slashes=False,
         # Swagger UI and ReDoc load scripts from a CDN onto this origin; /openapi.json stays.
@@ -216,6 +216,8 @@ def create_app(
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
     app.state.admin_guard = AdminGuard(token)
     app.add_middleware(settings_module.OneLineStartupErrors)
+    # FastAPI's `max_body_size`, skipped by requests without a body such as `GET /offer`.
+    app.add_middleware(DeclaredBodyLimit, max_body_size=http_limits.MAX_BODY_BYTES)
     method_not_allowed.install(app)
     # /offer first: Starlette tries routes in order, and the hot path should
     # not pay for matching a dozen others first.
