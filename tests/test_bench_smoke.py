@@ -53,3 +53,15 @@ def test_bench_smoke_run_writes_results(tmp_path: Path) -> None:
         verdicts = re.findall(rf"^\| {target}.* \| (\w+) \|$", markdown, re.MULTILINE)
         assert verdicts and verdicts[0] in ("met", "MISSED", "inconclusive"), target
     assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_bench_writes_its_figures_between_the_speed_pages_marks(tmp_path: Path) -> None:
+    from tools.bench import run
+
+    assert run.SPEED_PAGE == Path(run.PROJECT_DIR, "docs", "speed.md")
+    text = run.SPEED_PAGE.read_text()
+    assert text.count("<!-- bench:start -->\n") == 1 and text.count("<!-- bench:end -->") == 1
+    page = tmp_path / "speed.md"
+    page.write_text("# Speed\n\n<!-- bench:start -->\nold figures\n<!-- bench:end -->\n\nAfter.\n")
+    run.update_marked_section(page, "new figures")
+    assert page.read_text() == "# Speed\n\n<!-- bench:start -->\nnew figures\n<!-- bench:end -->\n\nAfter.\n"
