@@ -573,16 +573,19 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
     async def _admit_not_closed(self, func: Callable[..., Any]) -> tuple[pybreaker.CircuitBreakerState, bool]:
         """`admit` past a closed circuit's fast path: the state admitted in, and whether
         the call is the half-open trial."""
-        machine = self.state_machine
-        state: pybreaker.CircuitBreakerState = machine.state
-        if state.name == pybreaker.STATE_OPEN and self.seconds_until_trial() > 0:
+        if self._refusing():
             raise NotPermitted("circuit-open")
+        state: pybreaker.CircuitBreakerState = self.state_machine.state
         is_trial = state.name != pybreaker.STATE_CLOSED
         if is_trial:
             state = await self._begin_trial()
             is_trial = state.name == pybreaker.STATE_HALF_OPEN
         self._before_call(func)
         return state, is_trial
+
+    def _refusing(self) -> bool:
+        """Whether the circuit is open and permits no trial yet (pybreaker's `state`, refreshed)."""
+        return self.state_machine.state.name == pybreaker.STATE_OPEN and self.seconds_until_trial() > 0
 
     async def call(
         self,
@@ -612,6 +615,11 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
             is_trial = False
             if not quiet:
                 self._before_call(func)
+        elif self._refusing():  # refused without an await: during an outage, every call
+            refused = NotPermitted("circuit-open")
+            if fallback is None:
+                raise refused
+            return await _fall_back(fallback, refused)
         else:
             try:
                 state, is_trial = await self._admit_not_closed(func)
