@@ -118,7 +118,7 @@ module's logger; the breaker itself and the service's observer listen to
 transitions only. The check is a comparison of pybreaker's listener list
 with the one last classified, so `add_listener` takes effect on the next
 call. Measured with callgrind on `tools/bench/micro.py`: 48,600 instructions
-per `call` before, 10,700 after.
+per `call` before, 10,300 after (aiobreaker: 14,000).
 
 **Cut short without a timer per call.** Each guarded call registers its task
 (a dict entry, no `asyncio.timeout` object and no context manager); when the
