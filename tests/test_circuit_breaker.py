@@ -439,3 +439,134 @@ async def test_trip_opens_and_a_trial_follows_after_the_reset_timeout() -> None:
     clock.advance(RESET_TIMEOUT)
     assert await breaker.call(ok) == "hot"
     assert breaker.state == "closed"
+
+
+# The closed circuit's fast path: cheaper, and telling the listeners all they would hear.
+
+
+class CallCounter(pybreaker.CircuitBreakerListener):
+    """A listener that hears each call, as a metrics exporter would."""
+
+    def __init__(self) -> None:
+        self.before_calls = self.successes = self.failures = 0
+
+    def before_call(
+        self, cb: pybreaker.CircuitBreaker, func: object, *args: object, **kwargs: object
+    ) -> None:
+        self.before_calls += 1
+
+    def success(self, cb: pybreaker.CircuitBreaker) -> None:
+        self.successes += 1
+
+    def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
+        self.failures += 1
+
+
+async def test_a_closed_circuits_success_skips_pybreakers_handlers_when_no_listener_hears_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handled = []
+    monkeypatch.setattr(pybreaker.CircuitClosedState, "_handle_success", lambda state: handled.append(state))
+    breaker = make_breaker()  # the breaker itself and a LogListener, DEBUG off
+    assert await breaker.call(ok) == "hot"
+    async with breaker.calling():
+        pass
+    (await breaker.admit()).success()
+    assert handled == []
+
+
+async def test_a_listener_that_hears_calls_is_told_of_every_call_even_when_added_later() -> None:
+    breaker = make_breaker()
+    await breaker.call(ok)  # the fast path taken first, with nobody listening to calls
+    counter = CallCounter()
+    breaker.add_listener(counter)
+    await breaker.call(ok)
+    async with breaker.calling():
+        pass
+    (await breaker.admit()).success()
+    with pytest.raises(PartnerDown):
+        await breaker.call(fail)
+    await breaker.call(ok)  # a success after a failure resets the count, through pybreaker
+    assert (counter.before_calls, counter.successes, counter.failures) == (5, 4, 1)
+    assert breaker.fail_counter == 0
+    breaker.state_machine.remove_listener(counter)
+    await breaker.call(ok)
+    assert counter.successes == 4
+
+
+async def test_log_listener_logs_calls_once_debug_is_enabled_at_run_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    breaker = make_breaker()
+    caplog.set_level(logging.INFO, logger="circuit_breaker")
+    await breaker.call(ok)
+    assert not caplog.records
+    caplog.set_level(logging.DEBUG, logger="circuit_breaker")
+    await breaker.call(ok)
+    assert [record.getMessage() for record in caplog.records] == [
+        "partner-offer: before call to ok",
+        "partner-offer: call succeeded",
+    ]
+
+
+async def test_a_cut_short_call_leaves_its_task_free_to_await_again() -> None:
+    breaker = make_breaker()
+    inside = asyncio.Event()
+
+    async def hang() -> str:
+        inside.set()
+        await asyncio.sleep(30)
+        return "too late"
+
+    async def caller() -> str:
+        with pytest.raises(CutShort):
+            await breaker.call(hang)
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0  # the breaker's cancellation is undone
+        await asyncio.sleep(0)  # and no cancellation is left pending for the next await
+        return "after"
+
+    task = asyncio.create_task(caller())
+    await asyncio.wait_for(inside.wait(), BOUND)
+    breaker.trip()
+    assert await asyncio.wait_for(task, BOUND) == "after"
+    assert not breaker._waiting and not breaker._cut
+
+
+async def test_a_cancellation_from_outside_while_cut_short_stays_a_cancellation() -> None:
+    breaker = make_breaker()
+    inside = asyncio.Event()
+
+    async def hang() -> str:
+        inside.set()
+        await asyncio.sleep(30)
+        return "too late"
+
+    task = asyncio.create_task(breaker.call(hang))
+    await asyncio.wait_for(inside.wait(), BOUND)
+    breaker.trip()
+    await asyncio.sleep(0)  # the breaker cancels the call on the loop's next turn
+    task.cancel()  # and its caller gives up too: that cancellation must not become a CutShort
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, BOUND)
+
+
+async def test_a_call_inside_a_calling_block_is_cut_short_and_so_is_the_block() -> None:
+    breaker = make_breaker()
+    inside = asyncio.Event()
+
+    async def hang() -> str:
+        inside.set()
+        await asyncio.sleep(30)
+        return "too late"
+
+    async def block() -> str:
+        async with breaker.calling():
+            return await breaker.call(hang)
+
+    task = asyncio.create_task(block())
+    await asyncio.wait_for(inside.wait(), BOUND)
+    breaker.trip()
+    with pytest.raises(CutShort):
+        await asyncio.wait_for(task, BOUND)
+    assert not breaker._waiting and not breaker._cut

@@ -110,13 +110,12 @@ async def test_calls_made_while_redis_is_unreachable_join_the_fleets_window_when
     with frozen(redis_server):
         await outcome(a, ok)
         await eventually(lambda: not shared(a).connected, within=5, what="a lost Redis")
-        for _ in range(5):
-            await outcome(a, fail)  # 6 calls, 5 failures: under min_calls, a stays closed
+        for call in [fail] * 5 + [ok] * 3:
+            await outcome(a, call)  # 9 calls, 5 failures: under min_calls, a stays closed
         assert a.state_name == "closed"
     await eventually(written(a), within=5, what="a's outage calls written")
-    assert fleet_window(redis_client) == (6, 5)
-    for _ in range(4):
-        await outcome(b, fail)  # 10 calls, 9 failures across the fleet
+    assert fleet_window(redis_client) == (9, 5)  # the successes too: the share stays true
+    await outcome(b, fail)  # 10 calls, 6 failures across the fleet
     await eventually(lambda: a.state_name == "open", within=5, what="the fleet's trip heard on a")
 
 

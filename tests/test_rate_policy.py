@@ -195,6 +195,25 @@ async def test_calls_just_under_the_slow_threshold_are_not_slow() -> None:
     assert breaker.state == "closed" and window["slow_calls"] == 0 and window["calls"] == 25
 
 
+async def test_a_success_that_brings_the_window_to_min_calls_trips_it_when_the_share_is_over() -> None:
+    clock = FakeClock(0.0)
+    breaker = rate_breaker(clock, circuit_min_calls=5)
+    assert await run_calls(breaker, [True, True, True, False], clock, step=0.1) == 0  # 4 calls: too few
+    assert await outcome(breaker, ok) == "success"
+    assert breaker.state == "open"  # 3 failures of 5 calls: the fifth, a success, is judged
+
+
+async def test_a_success_trips_the_circuit_once_the_window_slid_past_the_successes() -> None:
+    clock = FakeClock(0.0)
+    breaker = rate_breaker(clock, circuit_min_calls=5)
+    assert await run_calls(breaker, [False] * 12, clock, step=0.0) == 0
+    clock.advance(5.0)
+    assert await run_calls(breaker, [True] * 9, clock, step=0.0) == 0  # 9 of 21 failed
+    clock.advance(5.5)  # the twelve successes leave the window
+    assert await outcome(breaker, ok) == "success"
+    assert breaker.state == "open"  # 9 failures of 10 calls
+
+
 async def test_the_window_starts_again_after_the_circuit_closes() -> None:
     clock = FakeClock()
     breaker = rate_breaker(clock)

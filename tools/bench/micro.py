@@ -70,10 +70,14 @@ BARE = "bare coroutine"
 MEMORY = "this project, memory state"
 REDIS = "this project, Redis state"
 RATE_MEMORY = "this project, rate policy, memory state"
+DECORATED = "this project, @breaker, memory state"
+CALLING = "this project, calling(), memory state"
+TWO_STEPS = "this project, admit() + success(), memory state"
 RATE_REDIS = "this project, rate policy, Redis state"
 # Each rate-policy row and the consecutive-policy row it is compared with.
 RATE_PAIRS = ((RATE_MEMORY, MEMORY), (RATE_REDIS, REDIS))
 PYBREAKER_REDIS = "pybreaker, CircuitRedisStorage"
+AIOBREAKER, CIRCUITBREAKER = "aiobreaker", "circuitbreaker"
 # Calls counted per breaker under callgrind (about 50 times slower than without).
 COUNTED_CALLS = 2_000
 # The child marks the start and end of every breaker's calls with this call: callgrind
@@ -127,6 +131,26 @@ def _pybreaker_call(breaker: pybreaker.CircuitBreaker) -> GuardedCall:
     return call
 
 
+def _calling(breaker: AsyncCircuitBreaker) -> GuardedCall:
+    async def call() -> object:
+        async with breaker.calling():
+            return await trivial()
+
+    return call
+
+
+def _two_steps(breaker: AsyncCircuitBreaker) -> GuardedCall:
+    """The decision and the outcome alone, as circuitbreaker's decorator makes them."""
+
+    async def call() -> object:
+        permit = await breaker.admit()
+        result = await trivial()
+        permit.success()
+        return result
+
+    return call
+
+
 async def _started(stack: AsyncExitStack, settings: OfferSettings, redis_url: str) -> AsyncCircuitBreaker:
     """This project's breaker with its state in the Redis at `redis_url`, kept in step until `stack` ends."""
     breaker = build_breaker(settings, await connect(redis_url))
@@ -154,6 +178,9 @@ async def candidates(
         BARE: Candidate(trivial, 100_000),
         MEMORY: Candidate(lambda: ours.call(trivial), 50_000),
         RATE_MEMORY: Candidate(lambda: ours_rate.call(trivial), 50_000),
+        DECORATED: Candidate(ours(trivial), 50_000),
+        CALLING: Candidate(_calling(ours), 50_000),
+        TWO_STEPS: Candidate(_two_steps(ours), 50_000),
         "pybreaker, CircuitMemoryStorage": Candidate(
             _pybreaker_call(pybreaker.CircuitBreaker(fail_max=3)), 50_000
         ),
@@ -174,7 +201,7 @@ async def candidates(
             )
 
         aio = aiobreaker.CircuitBreaker(fail_max=3)
-        calls["aiobreaker"] = Candidate(lambda: aio.call_async(trivial), 50_000)
+        calls[AIOBREAKER] = Candidate(lambda: aio.call_async(trivial), 50_000)
 
         factory = purgatory.AsyncCircuitBreakerFactory(default_threshold=3, default_ttl=15)
         await factory.initialize()
@@ -189,7 +216,7 @@ async def candidates(
         async def decorated() -> str:
             return await trivial()
 
-        calls["circuitbreaker"] = Candidate(decorated, 50_000)
+        calls[CIRCUITBREAKER] = Candidate(decorated, 50_000)
         yield calls
 
 
