@@ -87,8 +87,8 @@ opens the circuit as `trip()` does, for the whole fleet with shared state.
 
 **Two policies decide when to trip.** `consecutive` is pybreaker's own:
 `fail_max` failures in a row, any success starts the count again. Under load
-it trips on noise (three failures in a row come within seconds when 10% of
-calls fail at random) and never on a dependency that fails every other call
+it trips on noise (at 100 calls a second with 10% of them failing at random,
+three in a row come about every ten seconds) and never on a dependency that fails every other call
 or answers slowly. `RatePolicy` is the rule of Hystrix, resilience4j and
 Polly: the share of failures, or of slow calls, over the last `window`
 seconds, once `min_calls` calls were made. It plugs into pybreaker without
