@@ -97,12 +97,12 @@ clean:
 	rm -rf $(VENV) .venv-* .pytest_cache .mypy_cache .ruff_cache mutants
 
 ## mutation: mutmut's score for circuit_breaker.py and redis_state.py, each mutant against the tests
-## that reach it ([tool.mutmut] in pyproject.toml); MUTANTS='redis_state*' narrows it, CHILDREN=N runs N at once
+## that reach it ([tool.mutmut] in pyproject.toml); MUTANTS='circuit_breaker.*' narrows it (passed to mutmut unexpanded), CHILDREN=N runs N at once
 .PHONY: mutation
 CHILDREN ?= 2
 mutation: $(VENV)/.dev
 	rm -rf mutants
-	$(BIN)/mutmut run --max-children $(CHILDREN) $(MUTANTS)
+	$(BIN)/mutmut run --max-children $(CHILDREN) $(if $(MUTANTS),'$(MUTANTS)')
 	@$(BIN)/mutmut results
 
 ## screenshot: docs/dashboard.png (1366 px, the circuit open), docs/dashboard-phone.png and docs/dashboard-rate.png,
