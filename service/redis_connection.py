@@ -165,7 +165,7 @@ async def connect(url: str) -> Redis | RedisCluster:
 async def _connect_sentinel(address: SentinelAddress) -> Redis:
     options = fail_fast()
     sentinel_options = {**fail_fast(), **address.sentinel_options}
-    sentinel = Sentinel(address.sentinels, sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(address.sentinels, sentinel_kwargs=sentinel_options)
     client: Redis = sentinel.master_for(
         address.service_name, redis_class=Redis, **options, **address.primary_options
     )

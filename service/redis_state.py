@@ -630,7 +630,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
                     self._heard(await self._read(), "read")
                     refresh_at = time.monotonic() + REFRESH_INTERVAL
         finally:
-            closing = asyncio.ensure_future(pubsub.aclose())  # type: ignore[no-untyped-call]
+            closing = asyncio.ensure_future(pubsub.aclose())
             closing.add_done_callback(_retrieve)
 
     async def _check_record(self) -> None:

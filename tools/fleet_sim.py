@@ -397,7 +397,7 @@ class FanOut:
 
     def __init__(self, port: int) -> None:
         self.client = redis.Redis(host="127.0.0.1", port=port)
-        self.pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
+        self.pubsub = self.client.pubsub()
         self.pubsub.subscribe(CHANNEL)
         self.heard: list[float] = []
         self._stop = threading.Event()

@@ -31,7 +31,7 @@ async def kept_running(kind: str) -> bool:
             else:
                 ps = client.pubsub()
                 await ps.subscribe("swallow-test")
-                await ps.aclose()  # type: ignore[no-untyped-call]
+                await ps.aclose()
 
     task = asyncio.create_task(loop())
     await asyncio.sleep(random.uniform(0.001, 0.02))
