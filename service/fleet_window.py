@@ -37,7 +37,7 @@ class FleetWindow:
         self._fleet: WindowCounts | None = None
         self._fleet_heard = 0.0
         self.timer: asyncio.TimerHandle | None = None
-        self.recounted = 0  # the seeded version this instance's recent calls were added to
+        self.recounted = ""  # the seeding this instance's recent calls were added to
 
     def add(self, failed: bool, slow: bool) -> None:
         unsent = self.unsent
@@ -68,7 +68,11 @@ class FleetWindow:
         self._fleet, self._fleet_heard = WindowCounts(calls, failures, slow), self._clock()
 
     def new_state(self) -> None:
-        self._fleet = None  # a new state starts a new window in Redis
+        """A new state (or an operator's reset) starts a new window in Redis: calls counted
+        before it are not added to it, neither now nor when a lost window is counted again
+        (found by the fleet model: a trip's failures, re-added after a FLUSHALL that came
+        after the trial closed the circuit, tripped it again)."""
+        self.clear()
 
     def clear(self) -> None:
         """An operator's reset: the window starts afresh here too."""
@@ -79,11 +83,11 @@ class FleetWindow:
         if self._clock() - since > self.policy.window:
             self.unsent = WindowCounts()
 
-    def recount(self, version: int) -> None:
+    def recount(self, seeding: str) -> None:
         """Redis lost the window: add this instance's calls of the last window again. Calls
         flushed between the loss and this can count twice (at most one flush interval of
         them, and only towards a trip)."""
-        self.recounted = version
+        self.recounted = seeding
         recent = self._recent.counts()
         self.unsent = WindowCounts(recent.calls, recent.failures, recent.slow)
         if recent.calls:

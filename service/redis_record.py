@@ -27,7 +27,7 @@ class Shared:
     exists: bool
     seq: int
     hold: float  # the open period lasts at least this long from its start (a Retry-After)
-    seeded: bool = False  # seeded again by an instance after Redis lost it
+    seeded: str = ""  # the seeding's id, if an instance wrote it again after Redis lost it
 
     @classmethod
     def parse(cls, fields: list[Any]) -> Shared:
@@ -47,7 +47,7 @@ class Shared:
             exists == "1",
             _number("seq", seq),
             _number("hold_ms", hold_ms) / 1000,
-            len(fields) > 7 and fields[7] in (b"1", "1", 1),
+            _seeding(fields[7] if len(fields) > 7 else "0"),
         )
 
 
@@ -57,6 +57,11 @@ class UnreadableRecord(ValueError):
     def __init__(self, field: str, value: str) -> None:
         super().__init__(f"{field}={value[:40]!r}")
         self.field = field
+
+
+def _seeding(field: Any) -> str:
+    seeded = field.decode(errors="replace") if isinstance(field, bytes) else str(field)
+    return "" if seeded == "0" else seeded
 
 
 STATES = (pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN)

@@ -460,10 +460,10 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             self._next_base = shared.version
         self._fail_counter = self._with_unsent_failures(shared.fail_counter)
         self._hold = min(shared.hold, self._max_hold)
-        if shared.seeded and self._window is not None and shared.version != self._window.recounted:
-            self._window.recount(shared.version)
         if (state_changed or version_changed) and self._window is not None:
             self._window.new_state()
+        if shared.seeded and self._window is not None and shared.seeded != self._window.recounted:
+            self._window.recount(shared.seeded)
         if shared.state != pybreaker.STATE_OPEN or shared.open_age is None:
             self._opened_clock = None
         else:
@@ -678,6 +678,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             self._seq,
             "1" if replace else "0",
             int(self._hold * 1000) if self._state == pybreaker.STATE_OPEN else 0,
+            uuid.uuid4().hex,  # this seeding's id
         ]
         counted = len(self._outbox)  # what the seed's count includes
         reply = await shielded(self._seed(keys=self._keys, args=args))

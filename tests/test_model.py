@@ -1,6 +1,7 @@
 """The breaker against a small reference model, driven by random step sequences.
 
-Hypothesis' stateful testing drives `AsyncCircuitBreaker` with successes,
+Hypothesis' stateful testing drives `AsyncCircuitBreaker`, under either policy
+(`consecutive` failures in a row, or the `rate` policy's window), with successes,
 failures, a 503 with Retry-After (one failure, which holds the circuit open longer than
 the reset timeout if it opens while the answer stands), the partner's 4xx (ignored: pybreaker counts it as a success), this process's
 own trouble (`not_counted`: nothing), slow calls that end after a transition,
@@ -15,7 +16,11 @@ partner reached only when the model says so; an outcome from an earlier
 generation counts for nothing. A fleet agrees with the model within a bounded
 time (pub/sub takes milliseconds, the refresh catches the rest): that is the
 one place where the model and the fleet legitimately differ, and the check is
-"agrees within the bound", never "agrees now".
+"agrees within the bound", never "agrees now". Under the rate policy the
+fleet's window is Redis's (its buckets, summed, must equal the model's); it
+slides on Redis's real clock, which the fake clocks do not move, so the
+fleet's window is longer than any example, and sliding is checked on memory
+state, bucket by bucket.
 
 Counterexamples found by hypothesis are kept at the end as explicit step
 sequences; the ones that show a bug in the breaker are `xfail(strict=True)`.
@@ -43,9 +48,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from circuit_breaker import AsyncCircuitBreaker, CutShort, NotPermitted
+from circuit_breaker import AsyncCircuitBreaker, CallWindow, CutShort, NotPermitted
 from offer_service import build_breaker
-from service import redis_state
+from service import fleet_window, redis_state
 from service.partner_client import PartnerDeclined
 from service.redis_connection import single_server
 from service.redis_state import Shared, SharedCircuitState
@@ -82,6 +87,18 @@ OUTCOMES = ("success", "failure", "ignored", "released", "busy")
 # longer than the reset timeout (and under CIRCUIT_RETRY_AFTER_MAX's default).
 HOLD = 45.0
 INSTANCE = st.integers(0, 2)
+POLICIES = ("consecutive", "rate")
+# The rate policy: trips at MIN_CALLS calls in the window when half of them failed, or half
+# of them took SLOW_CALL_SECONDS (an advance of 10 s makes a slow call slow).
+MIN_CALLS = 4
+FAILURE_RATE = SLOW_CALL_RATE = 0.5
+SLOW_CALL_SECONDS = 10.0
+# Memory state's window slides on the fake clock: 60 s is six buckets of the longest advance.
+MEMORY_WINDOW = 60.0
+# The fleet's slides on Redis's real clock, which the fake clocks do not follow: a day (the
+# longest CIRCUIT_WINDOW) is longer than any example, so no call leaves it during one.
+FLEET_WINDOW = 86400.0
+WINDOW = CIRCUIT.replace(":circuit", ":window")  # the fleet's buckets in Redis
 
 CI = bool(os.environ.get("CI"))
 
@@ -138,6 +155,7 @@ class Ticket:
     instance: int
     generation: int
     is_trial: bool
+    started: float  # on the model's clock: a call is slow if it ends SLOW_CALL_SECONDS later
 
 
 @dataclass
@@ -146,6 +164,10 @@ class Model:
 
     fleet: bool
     slack: float = 0.0
+    rate: bool = False  # the rate policy, else failures in a row (FAIL_MAX)
+    # The rate policy's counted calls: (bucket, failed, slow), bucket on the instance's clock
+    # (memory state) or none (the fleet: its window never slides during an example).
+    window: list[tuple[int, bool, bool]] = field(default_factory=list)
     state: str = "closed"
     counter: int = 0
     opened_at: float = 0.0
@@ -194,10 +216,10 @@ class Model:
             self.trial_started[instance] = self.now
             if self.fleet:
                 self.lease = call_id
-        return Ticket(call_id, instance, self.generation, is_trial)
+        return Ticket(call_id, instance, self.generation, is_trial, self.now)
 
-    def end(self, ticket: Ticket, outcome: str) -> None:
-        """`outcome`: one of OUTCOMES, or `cancelled`."""
+    def end(self, ticket: Ticket, outcome: str, clock: float = 0.0) -> None:
+        """`outcome`: one of OUTCOMES, or `cancelled`; `clock`: the instance's clock now."""
         self.pending.pop(ticket.id, None)
         if ticket.is_trial and self.permits.get(ticket.instance) == ticket.id:
             del self.permits[ticket.instance]
@@ -210,7 +232,7 @@ class Model:
                 until = max(self.retry_after_until.get(ticket.instance, 0.0), self.now + HOLD)
                 self.retry_after_until[ticket.instance] = until
             self.counter += 1
-            if self.state == "half-open" or self.counter >= FAIL_MAX:
+            if self.state == "half-open" or (not self.rate and self.counter >= FAIL_MAX):
                 self.open()
         else:
             if outcome == "success":  # the partner answered: its "later" is past
@@ -219,9 +241,27 @@ class Model:
             self.counter = 0
             if self.state == "half-open":
                 self.close()
+        if self.rate and not ticket.is_trial:  # a closed circuit's call, of this generation
+            slow = self.now - ticket.started >= SLOW_CALL_SECONDS
+            self.window.append((self.bucket(clock), outcome in ("failure", "busy"), slow))
+            calls, failures, slow_calls = self.window_counts(clock)
+            if calls >= MIN_CALLS and (
+                failures >= FAILURE_RATE * calls or slow_calls >= SLOW_CALL_RATE * calls
+            ):
+                self.open()
+
+    def bucket(self, clock: float) -> int:
+        return 0 if self.fleet else int(clock // (MEMORY_WINDOW / CallWindow.BUCKETS))
+
+    def window_counts(self, clock: float) -> tuple[int, int, int]:
+        """Calls, failures and slow calls in the window: the last BUCKETS buckets."""
+        oldest = self.bucket(clock) - CallWindow.BUCKETS
+        counted = [(failed, slow) for bucket, failed, slow in self.window if bucket > oldest]
+        return len(counted), sum(f for f, _ in counted), sum(s for _, s in counted)
 
     def open(self) -> None:
         self.state, self.opened_at = "open", self.now
+        self.window.clear()  # a new state starts a new window
         standing = [until for until in self.retry_after_until.values() if until > self.now]
         self.hold_until = max(standing, default=0.0)
         self.generation += 1
@@ -234,6 +274,7 @@ class Model:
 
     def close(self) -> None:
         self.state, self.counter = "closed", 0
+        self.window.clear()
         self.generation += 1
         self.lease = None
 
@@ -245,9 +286,10 @@ class Model:
         self.retry_after_until.pop(instance, None)
         if self.state != "closed":
             self.close()
-        else:  # no transition, but a new generation with a clean count
+        else:  # no transition, but a new generation with a clean count and window
             self.generation += 1
             self.counter = 0
+            self.window.clear()
 
     def record_lost(self) -> None:
         """Redis lost the circuit (and the trial's lease): seeded again, half-open as open."""
@@ -289,11 +331,20 @@ class BreakerMachine(RuleBasedStateMachine):
 
     def settings(self) -> OfferSettings:
         return OfferSettings(
-            circuit_fail_max=FAIL_MAX, circuit_reset_timeout=RESET_TIMEOUT, partner_timeout=PARTNER_TIMEOUT
+            circuit_fail_max=FAIL_MAX,
+            circuit_reset_timeout=RESET_TIMEOUT,
+            partner_timeout=PARTNER_TIMEOUT,
+            circuit_policy="rate" if self.model.rate else "consecutive",
+            circuit_window=FLEET_WINDOW if self.fleet else MEMORY_WINDOW,
+            circuit_min_calls=MIN_CALLS,
+            circuit_failure_rate=FAILURE_RATE,
+            circuit_slow_call_seconds=SLOW_CALL_SECONDS,
+            circuit_slow_call_rate=SLOW_CALL_RATE,
         )
 
-    @initialize(start=st.sampled_from(CLOCK_STARTS))
-    def build(self, start: float) -> None:
+    @initialize(start=st.sampled_from(CLOCK_STARTS), policy=st.sampled_from(POLICIES))
+    def build(self, start: float, policy: str = "consecutive") -> None:
+        self.model.rate = policy == "rate"
         self.clocks = [FakeClock(start)]
         self.breakers = [build_breaker(self.settings(), not_counted=(LocalTrouble,), clock=self.clocks[0])]
 
@@ -336,13 +387,15 @@ class BreakerMachine(RuleBasedStateMachine):
             return
         ticket = self.model.admit(i, self.new_id())
         assert matches(got, outcome), f"a call that ended with {outcome} answered {got!r}"
-        self.model.end(ticket, outcome)
+        self.model.end(ticket, outcome, self.clocks[i]())
 
     @rule(instance=INSTANCE)
     def fail_until_open(self, instance: int) -> None:
-        """A burst of failures: reaches the states past a trip in fewer steps."""
-        for _ in range(FAIL_MAX):
+        """A burst of failures: reaches the states past a trip in fewer steps. Each call is
+        settled before the next: a fleet's window trips in Redis, at the next flush."""
+        for _ in range(MIN_CALLS if self.model.rate else FAIL_MAX):
             self.call(instance, "failure")
+            self.run(self.settle())
 
     def refused_as_decided(self, got: object, reason: str | None, ambiguous: bool) -> bool:
         """Check a refusal against the model's decision; True if the call was refused."""
@@ -397,7 +450,7 @@ class BreakerMachine(RuleBasedStateMachine):
         assert slow.task is not None
         got = self.run(outcome_of(slow.task))
         assert matches(got, outcome), f"a slow call that ended with {outcome} answered {got!r}"
-        self.model.end(ticket, outcome)
+        self.model.end(ticket, outcome, self.clocks[ticket.instance]())
 
     @precondition(lambda self: bool(self.model.pending))
     @rule(pick=st.integers(0, 7))
@@ -448,6 +501,12 @@ class BreakerMachine(RuleBasedStateMachine):
                 assert model.remaining() - model.slack - 0.01 <= left <= model.remaining() + 0.01, (
                     f"{where}: {left}s until the trial, model {model.remaining()}s"
                 )
+            if model.rate and not self.fleet:  # the fleet's window is checked in Redis
+                counts = breaker.window_counts()
+                assert counts is not None
+                window = (counts.calls, counts.failures, counts.slow)
+                expected = model.window_counts(self.clocks[i]())
+                assert window == expected, f"{where}: window {window}, model {expected}"
 
     async def settle(self) -> None:
         """Wait, within the bound, for the calls the model cut short to end that way."""
@@ -465,8 +524,12 @@ class FleetMachine(BreakerMachine):
     fleet = True
     server: ClassVar[RedisServer]
 
-    @initialize(starts=st.lists(st.sampled_from(CLOCK_STARTS), min_size=2, max_size=3))
-    def build(self, starts: list[float]) -> None:
+    @initialize(
+        starts=st.lists(st.sampled_from(CLOCK_STARTS), min_size=2, max_size=3),
+        policy=st.sampled_from(POLICIES),
+    )
+    def build(self, starts: list[float], policy: str = "consecutive") -> None:  # type: ignore[override]
+        self.model.rate = policy == "rate"
         self.admin = self.admin_client()
         self.admin.flushall()
         self.clocks = [FakeClock(start) for start in starts]
@@ -581,6 +644,12 @@ class FleetMachine(BreakerMachine):
         assert bool(self.admin.exists(TRIAL)) == (model.lease is not None), (
             f"the fleet's trial lease in Redis: {bool(self.admin.exists(TRIAL))}, model {model.lease}"
         )
+        if model.rate:
+            totals = [0, 0, 0]
+            for key, count in self.admin.hgetall(WINDOW).items():
+                totals[int(key.split(b":")[1]) - 1] += int(count)
+            expected = model.window_counts(0.0)
+            assert tuple(totals) == expected, f"the fleet's window in Redis: {totals}, model {expected}"
 
     def disagreement(self) -> str | None:
         """What keeps the fleet from agreeing with Redis now, or None."""
@@ -598,6 +667,9 @@ class FleetMachine(BreakerMachine):
                 return f"instance {i} not connected, or checking a lost record"
             if shared._writes_pending() or shared._pending:
                 return f"instance {i} has writes on their way"
+            window = shared._window
+            if window is not None and (window.unsent.calls or window.timer is not None):
+                return f"instance {i} has calls waiting for their flush to the fleet's window"
             if (shared._version, shared._seq) != heard:
                 return f"instance {i} heard version/seq {(shared._version, shared._seq)}, Redis {heard}"
             if breaker.state_name != text(record[b"state"]):
@@ -645,6 +717,7 @@ def test_a_fleet_on_redis_follows_the_model_through_faults(
     # Shorter intervals, the same design: a fault settles in a fraction of a second.
     monkeypatch.setattr(redis_state, "REFRESH_INTERVAL", 0.2)
     monkeypatch.setattr(redis_state, "RECONNECT_INTERVAL", 0.1)
+    monkeypatch.setattr(fleet_window, "FLUSH_INTERVAL", 0.01)
     monkeypatch.setattr(FleetMachine, "server", redis_server, raising=False)
     # No shrinking: each step of a fleet example costs real round trips and fault injection,
     # and shrinking one took longer than the test's limit, which then killed the run with the
@@ -662,6 +735,7 @@ def test_a_fleet_on_redis_follows_the_model_through_faults(
 def fleet_machine(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[FleetMachine]:
     monkeypatch.setattr(redis_state, "REFRESH_INTERVAL", 0.2)
     monkeypatch.setattr(redis_state, "RECONNECT_INTERVAL", 0.1)
+    monkeypatch.setattr(fleet_window, "FLUSH_INTERVAL", 0.01)
     monkeypatch.setattr(FleetMachine, "server", redis_server, raising=False)
     machine = FleetMachine()
     yield machine
@@ -700,3 +774,33 @@ def test_a_fleet_trial_that_ends_in_local_trouble_hands_the_lease_back(fleet_mac
         machine.run(asyncio.sleep(0.01))  # the breakers' loop runs the release
     # ...and the next caller anywhere in the fleet may make the trial, as with memory state.
     assert machine.run(machine.breakers[1].call(machine.partner("success"))) == "hot"
+
+
+def test_a_window_lost_twice_at_one_version_is_counted_again_each_time(fleet_machine: FleetMachine) -> None:
+    """Found by the model: the instances added their recent calls once per seeded version, and
+    a record seeded twice at one version (no transition between two losses) kept none."""
+    machine = fleet_machine
+    machine.build(starts=[123.5, 1000.0], policy="rate")
+    machine.call(instance=1, outcome="ignored")
+    machine.agrees_with_the_model()
+    machine.redis_fault(fault="restart")
+    machine.agrees_with_the_model()
+    machine.call(instance=1, outcome="success")
+    machine.agrees_with_the_model()
+    machine.redis_fault(fault="flush")
+    machine.agrees_with_the_model()
+
+
+def test_calls_from_before_a_trip_are_not_counted_again_when_the_window_is_lost(
+    fleet_machine: FleetMachine,
+) -> None:
+    machine = fleet_machine
+    machine.build(starts=[0.0, 1000.0], policy="rate")
+    machine.fail_until_open(instance=0)
+    machine.agrees_with_the_model()
+    machine.advance_clocks(seconds=30.0)
+    machine.agrees_with_the_model()
+    machine.call(instance=0, outcome="success")  # the trial closes the circuit
+    machine.agrees_with_the_model()
+    machine.redis_fault(fault="flush")
+    machine.agrees_with_the_model()

@@ -88,7 +88,7 @@ for i = 4, #ARGV, 3 do
     elseif op == 'close' or op == 'force-close' then
       -- A record seeded after a loss is open from then on: a trial's success that
       -- was on its way before the loss does not close it (a new trial will).
-      local reseeded = op == 'close' and redis.call('HGET', KEYS[1], 'seeded') == '1'
+      local reseeded = op == 'close' and redis.call('HEXISTS', KEYS[1], 'seeded') == 1
       if state ~= 'closed' and not reseeded then
         transition('closed'); changed = true
       elseif op == 'force-close' then

@@ -5,7 +5,8 @@ end
 -- state, fail counter, age of the open period in ms on Redis's clock, version, exists,
 -- seq, bumped by every change, so that an older snapshot is told from a newer one, and
 -- hold_ms: how long from its start the open period lasts at least (a Retry-After), and
--- seeded: whether an instance wrote it again after Redis lost it (its window is lost too)
+-- seeded: the id of the seeding, if an instance wrote it again after Redis lost it (its
+-- window is lost too), else 0
 local function snapshot()
   local s = redis.call('HMGET', KEYS[1], 'state', 'fail_counter', 'opened_at', 'version', 'seq', 'hold_ms',
                       'seeded')
