@@ -38,21 +38,26 @@ class FleetWindow:
         self._fleet_heard = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.recounted = ""  # the seeding this instance's recent calls were added to
+        self._recounting = False  # the unsent calls are a recount only: they may not trip
 
     def add(self, failed: bool, slow: bool) -> None:
         unsent = self.unsent
         unsent.calls += 1
         unsent.failures += failed
         unsent.slow += slow
+        self._recounting = False  # a call's end: the fleet decides on its window now
         self._recent.record(failed, slow)
         self._due_in(FLUSH_INTERVAL)
 
-    def take(self) -> str | None:
-        """The unsent calls as a `window` entry's count (None if there are none); they are sent."""
+    def take(self) -> tuple[str, str] | None:
+        """The unsent calls as an entry (op, count), None if there are none; they are sent.
+        A recount alone is a `recount`, which never trips the fleet (see `recount`)."""
         unsent, self.unsent = self.unsent, WindowCounts()
         if not unsent.calls:
             return None
-        return f"{unsent.calls},{unsent.failures},{unsent.slow},{self._rule}"
+        op = "recount" if self._recounting else "window"
+        self._recounting = False
+        return op, f"{unsent.calls},{unsent.failures},{unsent.slow},{self._rule}"
 
     def counts(self) -> WindowCounts:
         """The fleet's window as last heard, plus this instance's unsent calls."""
@@ -77,6 +82,7 @@ class FleetWindow:
     def clear(self) -> None:
         """An operator's reset: the window starts afresh here too."""
         self.unsent, self._fleet = WindowCounts(), None
+        self._recounting = False
         self._recent.clear()
 
     def drop_if_older_than_window(self, since: float) -> None:
@@ -86,10 +92,14 @@ class FleetWindow:
     def recount(self, seeding: str) -> None:
         """Redis lost the window: add this instance's calls of the last window again. Calls
         flushed between the loss and this can count twice (at most one flush interval of
-        them, and only towards a trip)."""
+        them, and only towards a trip). The instances' calls come back one instance at a
+        time, so a recount does not trip the fleet by itself (found by the fleet model: the
+        first instance's share alone, 10 calls of which half failed, tripped a fleet whose
+        window held 20, a quarter failed): the next call's end decides."""
         self.recounted = seeding
         recent = self._recent.counts()
         self.unsent = WindowCounts(recent.calls, recent.failures, recent.slow)
+        self._recounting = True
         if recent.calls:
             self._due_in(0)
 

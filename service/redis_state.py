@@ -125,7 +125,7 @@ MAX_OUTBOX = 64
 STOP_TIMEOUT = 2.0
 Source = Literal["write", "read", "message", "seed"]
 COUNTS = ("failures", "reset-failures")  # outbox entries that count failures in a row
-NOT_TRANSITIONS = (*COUNTS, "window")  # the others are transitions
+NOT_TRANSITIONS = (*COUNTS, "window", "recount")  # the others are transitions
 FORCED = ("force-open", "force-close", "hold")  # applied in Redis whatever their version
 
 
@@ -334,9 +334,9 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         """Counts waiting while Redis is unreachable wait on, and go when it is back."""
         if not self.connected or self._window is None:
             return
-        count = self._window.take()
-        if count is not None and self._state == pybreaker.STATE_CLOSED:
-            self._send("window", count)
+        entry = self._window.take()
+        if entry is not None and self._state == pybreaker.STATE_CLOSED:
+            self._send(*entry)
 
     # The fleet's half-open trial.
 

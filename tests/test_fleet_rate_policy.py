@@ -208,6 +208,30 @@ async def test_a_window_lost_with_the_record_is_counted_again_from_the_instances
     assert redis_client.hget(CIRCUIT, "state") == b"closed"
 
 
+async def test_a_window_counted_again_in_part_does_not_trip_until_the_next_call(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    """Found by the fleet model: the instances add their calls again one by one, and the
+    first to arrive tripped the circuit on its own share (10 calls, half failed) although
+    the whole window (20 calls, a quarter failed) never would. A call's end decides."""
+    a = await fleet(**{**RATE, "circuit_reset_timeout": RESET_TIMEOUT})
+    b = await fleet(**{**RATE, "circuit_reset_timeout": RESET_TIMEOUT})
+    for _ in range(10):
+        await outcome(b, ok)
+    await eventually(written(b), what="b's calls written first")
+    for call in [ok] * 5 + [fail] * 5:
+        await outcome(a, call)
+    await eventually(written(a, b), what="the calls written")
+    assert fleet_window(redis_client) == (20, 5)
+    await shared(b).stop()  # b's calls never come back: what a adds is a part of the window
+    redis_client.flushall()
+    await eventually(lambda: fleet_window(redis_client) == (10, 5), within=5, what="a's calls counted again")
+    await eventually(written(a), what="all written")
+    assert redis_client.hget(CIRCUIT, "state") == b"closed"
+    await outcome(a, fail)  # the next call decides, on the window the fleet has now
+    await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="the trip")
+
+
 async def test_a_mixed_fleet_opens_on_either_policys_trip_and_warns_in_settings_names(
     fleet: Fleet, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:

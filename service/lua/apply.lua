@@ -5,7 +5,10 @@
 -- a lost reply is applied once. A `window` entry's count is "calls,failures,slow,
 -- window ms,min calls,failure rate,slow call rate": its calls join the fleet's buckets
 -- (ten per window, on Redis's clock) and the rates over them decide the trip. The reply
--- is the snapshot, then the window's calls, failures and slow calls if it has one.
+-- is the snapshot, then the window's calls, failures and slow calls if it has one. A
+-- `recount` entry is a `window` entry that never trips: an instance's calls added again
+-- after Redis lost the window arrive one instance at a time, and the first one's share
+-- alone is no fleet's window (the next call's `window` entry decides on all of them).
 -- The fleet's window has one width, the first writer's (kept in the record): an instance
 -- with another CIRCUIT_WINDOW adds to the same buckets instead of deleting them as too old.
 local function window_width(window_ms)
@@ -40,7 +43,7 @@ for i = 4, #ARGV, 3 do
   local s = redis.call('HMGET', KEYS[1], 'state', 'version', 'fail_counter')
   local state, version = s[1] or 'closed', s[2] or '0'
   local current = (op == 'force-open' or op == 'force-close' or op == 'hold') or (s[2] and version == base)
-  if op == 'window' and current and state == 'closed' then
+  if (op == 'window' or op == 'recount') and current and state == 'closed' then
     local v = {}
     for x in string.gmatch(ARGV[i + 2], '[^,]+') do table.insert(v, tonumber(x)) end
     local width = window_width(v[4])
@@ -51,7 +54,7 @@ for i = 4, #ARGV, 3 do
     redis.call('PEXPIRE', KEYS[4], math.ceil(width * 20))
     window = window_totals(width)
     local calls = window[1]
-    if calls >= v[5] and (window[2] >= v[6] * calls or window[3] >= v[7] * calls) then
+    if op == 'window' and calls >= v[5] and (window[2] >= v[6] * calls or window[3] >= v[7] * calls) then
       transition('open'); changed = true
       window = {0, 0, 0}
     end
