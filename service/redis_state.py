@@ -94,9 +94,8 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import pybreaker
 from redis.asyncio import Redis, RedisCluster
@@ -105,11 +104,15 @@ from redis.exceptions import RedisError, ResponseError
 from circuit_breaker import RatePolicy, TrialVerdict, WindowCounts
 from service import redis_scripts as scripts
 from service.fleet_window import FLUSH_INTERVAL, FleetWindow
+from service.redis_calls import shielded
+from service.redis_outbox import MAX_OUTBOX, Hold, Outbox, Source, batch_args
 from service.redis_record import Shared, UnreadableRecord, settings_in_use
+from service.redis_subscriber import Subscriber
+from service.trial_lease import TrialLease
+
+__all__ = ["MAX_OUTBOX", "REDIS_TIMEOUT", "STOP_TIMEOUT", "Shared", "SharedCircuitState", "shielded"]
 
 log = logging.getLogger("redis_state")
-
-T = TypeVar("T")
 
 WINDOW_FLUSH_INTERVAL = FLUSH_INTERVAL  # where it was before the window had a module of its own
 
@@ -118,51 +121,7 @@ WINDOW_FLUSH_INTERVAL = FLUSH_INTERVAL  # where it was before the window had a m
 REDIS_TIMEOUT = 0.25
 REFRESH_INTERVAL = 1.0
 RECONNECT_INTERVAL = 0.5
-# Failures and resets coalesce into one entry, so the outbox holds a handful of
-# entries whatever the load; this bound only matters if transitions pile up
-# during a long outage, and the oldest of those are stale by then anyway.
-MAX_OUTBOX = 64
 STOP_TIMEOUT = 2.0
-Source = Literal["write", "read", "message", "seed"]
-COUNTS = ("failures", "reset-failures")  # outbox entries that count failures in a row
-NOT_TRANSITIONS = (*COUNTS, "window", "recount")  # the others are transitions
-FORCED = ("force-open", "force-close", "hold")  # applied in Redis whatever their version
-
-
-async def shielded(awaitable: Awaitable[T], cancel_inner: bool = True) -> T:
-    """Await `awaitable` so that a cancellation of the caller always takes effect.
-
-    The Redis call runs as its own task; if the caller is cancelled, the
-    shield raises `CancelledError` in the caller at once, even if the client
-    swallows the cancellation it passes on to the call (see the module
-    docstring). The abandoned call ends by itself within the socket timeout;
-    `cancel_inner=False` lets it finish, for a caller that must see its result.
-    """
-    task = asyncio.ensure_future(awaitable)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        if cancel_inner:
-            task.cancel()
-        task.add_done_callback(_retrieve)
-        raise
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """A Retry-After waiting in the outbox, with when it was heard (on the instance's clock)."""
-
-    seconds: float
-    heard: float
-
-
-def _has_transition(entries: list[list[Any]]) -> bool:
-    return any(op not in NOT_TRANSITIONS for op, _, _ in entries)
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # an abandoned call's error is expected: don't log it as unretrieved
 
 
 class SharedCircuitState(pybreaker.CircuitBreakerStorage):
@@ -199,8 +158,24 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         self._channel = f"{{{name}}}:changes"
         self._apply = client.register_script(scripts.APPLY)
         self._read_script = client.register_script(scripts.READ)
-        self._acquire = client.register_script(scripts.ACQUIRE_TRIAL)
-        self._release = client.register_script(scripts.RELEASE_TRIAL)
+        self._lease = TrialLease(
+            client,
+            self._keys,
+            self._channel,
+            self._owner,
+            self._reset_timeout_ms,
+            self._lease_ms,
+            clock,
+            self.release_trial,
+        )
+        self._subscriber = Subscriber(
+            client,
+            self._channel,
+            lambda: self._read(),  # looked up at each read: a test may stand in for it
+            lambda shared: self._heard(shared, "message"),
+            lambda shared: self._heard(shared, "read"),
+            lambda: self._stopping,
+        )
         self._init = client.register_script(scripts.INIT)
         self._seed = client.register_script(scripts.SEED)
 
@@ -213,18 +188,11 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         self._seq = 0  # the latest change heard from Redis
         self._next_base = 0  # the version the next write is based on
         self.generation = 0  # bumped whenever the state or its version changes
-        self._busy_until: float | None = None  # another instance holds the trial lease
-        self._grants = 0  # leases asked for: each grant's token is "owner:n"
-        self._lease_token = ""
         self.on_change: Callable[[], object] = lambda: None
 
         self.connected = False
-        self._outbox: list[list[Any]] = []  # [op, base version, count]
-        self._in_flight: list[list[Any]] = []
-        self._batch_id = 0
+        self._out = Outbox()
         self._written_key = f"{{{name}}}:written:{self._owner}"
-        self._dropped = 0
-        self._wake = asyncio.Event()
         self._stopping = False
         self._lost_record = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -245,8 +213,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             self._send(self._transition_op(state))
             self._next_base += 1
         if state == pybreaker.STATE_CLOSED:
-            # A success closed it: a Retry-After heard before, not sent yet, is over.
-            self._outbox = [entry for entry in self._outbox if entry[0] != "hold"]
+            self._out.drop_holds()  # a success closed it: a Retry-After heard before is over
         if state == pybreaker.STATE_OPEN:
             self._opened_clock = self._clock()
         self._change(state)
@@ -345,48 +312,31 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         the reset timeout has passed. Without Redis, the process decides alone."""
         if not self.connected:
             return "granted"
-        if self._busy_until is not None and self._clock() < self._busy_until:
+        if self._lease.told_busy():
             return "busy"
-        self._grants += 1
-        token = f"{self._owner}:{self._grants}"
-        args: list[str | int] = [self._channel, self._reset_timeout_ms, self._lease_ms, token, self._owner]
-        call = asyncio.ensure_future(self._acquire(keys=self._keys, args=args))
         try:
-            reply = await shielded(call, cancel_inner=False)
-        except asyncio.CancelledError:
-            # The caller gave up: if Redis granted the lease anyway, hand it back.
-            call.add_done_callback(lambda done: self._release_if_granted(done, token))
-            raise
+            verdict, snapshot, token = await self._lease.ask()
         except (RedisError, OSError) as exc:
             # Not "granted": a fleet-wide slowdown (a failover, a slow command) would then
             # let every instance that asked make a trial (measured: 75 trials at N = 300).
             # This caller gets the fallback; the next one, with Redis lost, decides alone.
             self._lose(exc)
             return "busy"
-        verdict = reply[0].decode()
         if verdict == "lost":
             self._suspect_lost()
             return "open"
         try:
-            self._heard(Shared.parse(reply[1:]), "read")
+            self._heard(Shared.parse(snapshot), "read")
         except UnreadableRecord as bad:
             self._found_unreadable(bad)
             return "open"
-        if verdict == "busy":
-            self._busy_until = self._clock() + self._lease_ms / 1000
-        elif verdict == "granted":
-            self._lease_token = token
-        return verdict  # type: ignore[no-any-return]
+        self._lease.settle(verdict, token)
+        return verdict  # type: ignore[return-value]
 
     def release_trial(self, token: str | None = None) -> None:
         """A trial that ended without an outcome (cancelled): let another caller try."""
         if self.connected:
-            token = token or self._lease_token
-            self._background(self._release(keys=self._keys, args=[self._channel, token]))
-
-    def _release_if_granted(self, call: asyncio.Future[Any], token: str) -> None:
-        if not call.cancelled() and call.exception() is None and call.result()[0] == b"granted":
-            self.release_trial(token)
+            self._background(self._lease.release(token))
 
     # Keeping the local view and Redis in step.
 
@@ -413,7 +363,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         if self._window is not None:
             self._window.cancel()
             self._flush_window()  # the calls counted since the last flush go with what is left
-        self._wake.set()  # the writer sends what is left, then returns
+        self._out.wake.set()  # the writer sends what is left, then returns
         started = time.monotonic()
         tasks = {t for t in (self._supervisor, *self._pending) if t is not None and not t.done()}
         _, running = await asyncio.wait(tasks, timeout=STOP_TIMEOUT / 4) if tasks else (set(), set())
@@ -423,7 +373,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         closing = asyncio.ensure_future(self._client.aclose())
         left = max(0.05, STOP_TIMEOUT - (time.monotonic() - started))
         _, abandoned = await asyncio.wait({closing, *running}, timeout=left)
-        unwritten = len(self._outbox) + len(self._in_flight)
+        unwritten = len(self._out.entries) + len(self._out.in_flight)
         if unwritten:
             # Safe to lose: the fleet goes on deciding on its own counts, and a lost
             # transition is made again by the next failures or the next trial.
@@ -441,7 +391,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         of ours landed: at the same version, while writes are on their way, it
         would roll back the failures counted since, so it is left for the
         write's reply. Nor does any snapshot undo a transition made here that
-        Redis will still apply on top of it (`_still_to_apply`), whatever its
+        Redis will still apply on top of it (`Outbox.still_to_apply`), whatever its
         version. A `seed` (start-up, a re-seeded record) is taken whole.
         """
         if source != "seed" and (not shared.exists or shared.version < self._version):
@@ -450,15 +400,15 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         if source != "seed" and shared.seq < self._seq:
             return  # taken before a snapshot already heard: a reply or a message that came late
         if source == "message":
-            self._busy_until = None  # something changed: a released lease, say
-        if source != "seed" and self._still_to_apply(shared, source):
+            self._lease.heard_change()
+        if source != "seed" and self._out.still_to_apply(shared.version, self._version, source):
             return  # Redis has not seen some writes of ours yet: the reply to them settles it
         state_changed = shared.state != self._state
         version_changed = shared.version != self._version
         self._version, self._seq = shared.version, shared.seq
-        if not self._transitions_pending():
+        if not self._out.transitions_pending():
             self._next_base = shared.version
-        self._fail_counter = self._with_unsent_failures(shared.fail_counter)
+        self._fail_counter = self._out.with_unsent_failures(shared.fail_counter, self._next_base)
         self._hold = min(shared.hold, self._max_hold)
         if (state_changed or version_changed) and self._window is not None:
             self._window.new_state()
@@ -483,60 +433,26 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             self.on_change()
 
     def _send(self, op: str, count: int | str | Hold = 0) -> None:
-        if len(self._outbox) >= MAX_OUTBOX:
-            self._outbox.pop(0)
-            self._dropped += 1
-            if self._dropped == 1 or self._dropped % 1000 == 0:
-                log.warning("circuit updates dropped: %d so far (Redis unreachable too long)", self._dropped)
-        self._outbox.append([op, self._next_base, count])
-        self._wake.set()
+        self._out.send(op, self._next_base, count)
 
     def _count(self, reset: bool) -> None:
-        """Coalesce a failure or a reset into the last entry when it is a count at the same base."""
-        last = self._outbox[-1] if self._outbox else None
-        if last and last[0] in COUNTS and last[1] == self._next_base:
-            if reset:
-                last[0], last[2] = "reset-failures", 0
-            else:
-                last[2] += 1
-            self._wake.set()
-        else:
-            self._send("reset-failures" if reset else "failures", 0 if reset else 1)
-
-    def _with_unsent_failures(self, counter: int) -> int:
-        for op, base, count in self._outbox:
-            if base == self._next_base and op in COUNTS:
-                counter = count if op == "reset-failures" else counter + count
-        return counter
+        self._out.count(reset, self._next_base)
 
     def _writes_pending(self) -> bool:
-        return bool(self._in_flight or self._outbox)
+        return self._out.pending()
 
-    def _still_to_apply(self, shared: Shared, source: Source) -> bool:
-        """Whether writes made here and not in `shared` would change what it says.
+    @property
+    def _outbox(self) -> list[list[Any]]:
+        """The entries not sent yet (for the tests' eyes)."""
+        return self._out.entries
 
-        A transition goes on top of a snapshot when it is forced (Redis applies it
-        whatever the version) or based on the snapshot's version or a later one.
-        Taking such a snapshot would roll this process's view back and forward
-        again: an operator's open then close, back to back, were heard as
-        closed->open->closed->open->closed when the reply to the open came in
-        after the close was made here (its version is newer than this process
-        had heard, so a check at the same version let it through). The reply
-        to the write that carries them settles it, one round trip later.
-        """
-        if source != "write" and shared.version == self._version and self._writes_pending():
-            return True
-        return any(
-            op in FORCED or (op not in NOT_TRANSITIONS and base >= shared.version)
-            for op, base, _ in (*self._in_flight, *self._outbox)
-        )
-
-    def _transitions_pending(self) -> bool:
-        return _has_transition(self._in_flight) or _has_transition(self._outbox)
+    @property
+    def _in_flight(self) -> list[list[Any]]:
+        return self._out.in_flight
 
     def _suspect_lost(self) -> None:
         self._lost_record = True
-        self._wake.set()
+        self._out.wake.set()
 
     async def _read(self) -> Shared:
         return Shared.parse(await shielded(self._read_script(keys=self._keys)))
@@ -545,18 +461,10 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         """Send the batch in flight; its reply settles it (nothing of it is pending any more
         when the reply is heard, or a transition in it would keep this instance's next
         writes on the version before it)."""
-        args: list[Any] = [self._channel, self._fail_max, batch_id]
-        for op, base, count in batch:
-            if isinstance(count, Hold):
-                # What is left of it now: a hold heard during an outage counts from then.
-                left = int((count.seconds - (self._clock() - count.heard)) * 1000)
-                if left <= 0:
-                    continue
-                count = left
-            args += [op, base, count]
+        args = [self._channel, self._fail_max, batch_id, *batch_args(batch, self._clock)]
         keys = [*self._keys, self._written_key, self._window_key]
         reply = await shielded(self._apply(keys=keys, args=args))
-        self._in_flight = []
+        self._out.in_flight = []
         self._heard(Shared.parse(reply), "write")
         if len(reply) > 8 and self._window is not None:
             self._window.heard(*(int(count) for count in reply[8:11]))
@@ -569,7 +477,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._write_outbox())
-                    group.create_task(self._follow_changes())
+                    group.create_task(self._subscriber.follow(REFRESH_INTERVAL, RECONNECT_INTERVAL))
             except* UnreadableRecord as bad:
                 first = bad.exceptions[0]
                 assert isinstance(first, UnreadableRecord)
@@ -581,57 +489,19 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
                 self._lose(failure.exceptions[0])
 
     async def _write_outbox(self) -> None:
+        out = self._out
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            await out.wake.wait()
+            out.wake.clear()
             if self._lost_record and not self._stopping:
                 await self._check_record()
-            if not self._outbox and not self._in_flight:
+            if not out.pending():
                 if self._stopping:
                     return
                 continue
-            if not self._in_flight:
-                self._batch_id += 1
-                self._in_flight, self._outbox = self._outbox, []
-            # A batch whose reply was lost (a reconnect, a cancel) stays in flight and is
-            # sent again with its id: Redis applies it once, whether or not it had it.
-            await self._write(self._in_flight, self._batch_id)
-            if self._outbox or self._stopping:
-                self._wake.set()  # once more: send what came in meanwhile, or return
-
-    async def _follow_changes(self) -> None:
-        """Hear the fleet's changes. A pub/sub connection that drops (a `CLIENT KILL`, a proxy's
-        idle timeout) is not an outage while Redis answers a read: subscribe again and
-        carry on, with the counts waiting for their flush still shared."""
-        while not self._stopping:
-            try:
-                await self._subscribed()
-            except (RedisError, OSError) as exc:
-                if self._stopping:
-                    return
-                # Paced, so that a subscribe Redis keeps refusing (an ACL, say) is no busy loop;
-                # the read then catches whatever was published meanwhile.
-                await asyncio.sleep(RECONNECT_INTERVAL)
-                self._heard(await self._read(), "read")  # raises if Redis itself is gone
-                log.info("pub/sub connection lost (%r): subscribed again", exc)
-
-    async def _subscribed(self) -> None:
-        pubsub = self._client.pubsub()
-        try:
-            await shielded(pubsub.subscribe(self._channel))
-            refresh_at = time.monotonic() + REFRESH_INTERVAL
-            while not self._stopping:
-                message = await shielded(
-                    pubsub.get_message(ignore_subscribe_messages=True, timeout=REFRESH_INTERVAL / 4)
-                )
-                if message is not None:
-                    self._heard(Shared.parse(message["data"].split(b",")), "message")
-                if time.monotonic() >= refresh_at:
-                    self._heard(await self._read(), "read")
-                    refresh_at = time.monotonic() + REFRESH_INTERVAL
-        finally:
-            closing = asyncio.ensure_future(pubsub.aclose())
-            closing.add_done_callback(_retrieve)
+            await self._write(out.next_batch(), out.batch_id)
+            if out.entries or self._stopping:
+                out.wake.set()  # once more: send what came in meanwhile, or return
 
     async def _check_record(self) -> None:
         """A snapshot said the circuit is gone or older than ours: confirm with a read made
@@ -680,7 +550,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             int(self._hold * 1000) if self._state == pybreaker.STATE_OPEN else 0,
             uuid.uuid4().hex,  # this seeding's id
         ]
-        counted = len(self._outbox)  # what the seed's count includes
+        counted = len(self._out.entries)  # what the seed's count includes
         reply = await shielded(self._seed(keys=self._keys, args=args))
         shared = Shared.parse(reply[1:])
         if reply[0] == b"found":
@@ -696,8 +566,8 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         )
         # Counted in the seed already; what came in during the round trip (a trip, say)
         # stays, and is sent on top of the seed, as on any record.
-        del self._outbox[:counted]
-        self._in_flight = []
+        del self._out.entries[:counted]
+        self._out.in_flight = []
         self._heard(shared, "write")
 
     def _lose(self, error: BaseException) -> None:
@@ -726,8 +596,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
                 if not shared.exists or shared.version < self._version:
                     await self._seed_from_view(reason="reset while it was unreachable")
                 elif shared.version > self._version:
-                    self._outbox.clear()  # based on a generation the fleet has left
-                    self._in_flight = []
+                    self._out.clear()  # based on a generation the fleet has left
                     self._heard(shared, "seed")
             except (RedisError, OSError):
                 continue
@@ -735,7 +604,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             if self._window is not None and self._lost_at is not None:
                 self._window.drop_if_older_than_window(self._lost_at)
                 self._flush_window()  # the counts that waited for their flush
-            self._wake.set()  # send what was not written before the outage
+            self._out.wake.set()  # send what was not written before the outage
             log.warning("Redis is back: the circuit is shared again (%s)", self._state)
             return
 

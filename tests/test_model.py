@@ -674,7 +674,7 @@ class FleetMachine(BreakerMachine):
                 return f"instance {i} heard version/seq {(shared._version, shared._seq)}, Redis {heard}"
             if breaker.state_name != text(record[b"state"]):
                 return f"instance {i} is {breaker.state_name}, Redis {record[b'state']!r}"
-            told_busy = shared._busy_until is not None and shared._clock() < shared._busy_until
+            told_busy = shared._lease.told_busy()
             if told_busy and self.model.lease is None:
                 return f"instance {i} still believes another holds the trial"
         return None

@@ -116,7 +116,7 @@ async def open_for_a_trial(fleet: Fleet, redis_client: redis.Redis, **settings: 
 
 
 def test_a_snapshot_reads_state_count_age_in_seconds_version_existence_seq_and_hold() -> None:
-    fields = [b"open", b"2", b"1500", b"7", b"1", b"9", b"60000", b"3", b"15000"]  # as _INIT returns it
+    fields = [b"open", b"2", b"1500", b"7", b"1", b"9", b"60000", b"0", b"3", b"15000"]  # as _INIT returns it
     assert Shared.parse(fields) == Shared("open", 2, 1.5, 7, True, 9, 60.0)
 
 
@@ -976,7 +976,7 @@ async def test_a_redis_error_while_claiming_the_trial_refuses_it_here_and_says_w
     async def unreachable(*args: object, **kwargs: object) -> object:
         raise error
 
-    state._acquire = unreachable  # type: ignore[assignment]
+    state._lease._acquire = unreachable  # type: ignore[assignment]
     caplog.set_level(logging.WARNING, logger="redis_state")
     assert await state.acquire_trial() == "busy"
     assert not state.connected
@@ -999,7 +999,7 @@ async def test_a_redis_error_while_handing_back_the_lease_says_why(
     async def unreachable(*args: object, **kwargs: object) -> object:
         raise error
 
-    state._release = unreachable  # type: ignore[assignment]
+    state._lease._release = unreachable  # type: ignore[assignment]
     caplog.set_level(logging.WARNING, logger="redis_state")
     state.release_trial()
     await eventually(lambda: not state.connected, what="outage noticed")
