@@ -65,7 +65,9 @@ pybreaker as the state machine and changes where the state lives; it is the
   trying in the background, logs one line when Redis is back and reconciles:
   an open circuit anywhere stays open. The window's counts waiting for their
   flush wait on, and go when Redis is back if they are still inside the
-  window. A pub/sub connection that drops while Redis still answers a read
+  window. Deciding alone, an instance makes its trial a random part of the
+  reset timeout (up to `ALONE_JITTER`, half) after the timeout: a fleet that
+  lost Redis together would otherwise send one trial per instance at once. A pub/sub connection that drops while Redis still answers a read
   is no outage: the instance subscribes again.
 - **A shutdown that always ends.** With redis-py 8.1 on Python 3.11, a task
   cancelled while it awaits a reply often goes on running: in a loop of
@@ -91,6 +93,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -122,6 +125,10 @@ REDIS_TIMEOUT = 0.25
 REFRESH_INTERVAL = 1.0
 RECONNECT_INTERVAL = 0.5
 STOP_TIMEOUT = 2.0
+# An instance deciding alone (Redis unreachable) waits a random part of the reset timeout,
+# up to this share, beyond it before its trial: a fleet that lost Redis together would
+# otherwise send one trial per instance at the same moment, the stampede the lease prevents.
+ALONE_JITTER = 0.5
 
 
 class SharedCircuitState(pybreaker.CircuitBreakerStorage):
@@ -137,11 +144,15 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         clock: Callable[[], float] = time.monotonic,
         policy: RatePolicy | None = None,
         max_hold: float = 300.0,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         """`max_hold`: the longest Retry-After hold taken from Redis (CIRCUIT_RETRY_AFTER_MAX):
-        a record is input, and a `hold_ms` written by hand must not hold the fleet for days."""
+        a record is input, and a `hold_ms` written by hand must not hold the fleet for days.
+        `jitter`: a number from 0 to 1, drawn for each open period decided alone."""
         super().__init__("redis")
         self._max_hold = max_hold
+        self._jitter = jitter
+        self._alone_delay = 0.0  # deciding alone, the trial waits this long beyond the period
         self._client = client
         self._breaker_name = name
         self._fail_max = fail_max
@@ -216,6 +227,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             self._out.drop_holds()  # a success closed it: a Retry-After heard before is over
         if state == pybreaker.STATE_OPEN:
             self._opened_clock = self._clock()
+            self._draw_alone_delay()  # a new period: a trial made alone waits anew
         self._change(state)
 
     def _transition_op(self, state: str) -> str:
@@ -263,7 +275,12 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         if self._opened_clock is None:
             return 0.0
         period = max(self._reset_timeout_ms / 1000, self._hold)
+        if not self.connected:
+            period += self._alone_delay
         return max(0.0, self._opened_clock + period - self._clock())
+
+    def _draw_alone_delay(self) -> None:
+        self._alone_delay = self._jitter() * ALONE_JITTER * self._reset_timeout_ms / 1000
 
     def force(self, state: str) -> None:
         """An operator's open or close: written to Redis whatever the version. A close starts
@@ -278,6 +295,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         if self._state != pybreaker.STATE_OPEN:
             self._next_base += 1  # the hold opens it: a transition, as Redis will count it
             self._opened_clock = self._clock()
+            self._draw_alone_delay()
             self._hold = seconds
             self._change(pybreaker.STATE_OPEN)
             return
@@ -576,6 +594,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         log.warning("Redis lost (%r): the circuit carries on with this process's state", error)
         self.connected = False
         self._lost_at = self._clock()
+        self._draw_alone_delay()
         if self._supervisor and asyncio.current_task() is not self._supervisor and not self._stopping:
             # Lost from a request's call: restart the background work, which reconnects first.
             self._supervisor.cancel()

@@ -499,6 +499,29 @@ async def test_stop_ends_even_when_a_redis_read_swallows_its_cancellation(
     assert swallowed >= 1
 
 
+async def test_instances_deciding_alone_spread_their_trials_over_half_the_reset_timeout(
+    fleet: Fleet, redis_server: RedisServer
+) -> None:
+    """Deciding alone, an instance holds no lease: without a spread, a fleet that lost Redis
+    together made one trial per instance, all at the moment the reset timeout passed."""
+    clock = FakeClock()
+    a, b = await fleet(clock=clock), await fleet(clock=clock)
+    shared(a)._jitter = lambda: 1.0  # the most: half the reset timeout
+    shared(b)._jitter = lambda: 0.0  # none
+    await trip(a)
+    await eventually(lambda: b.state_name == "open", what="b open")
+    redis_server.stop()
+    await eventually(lambda: not (shared(a).connected or shared(b).connected), within=5, what="both alone")
+    reset_timeout = a.state_machine.reset_timeout
+    clock.advance(reset_timeout)
+    assert await b.call(ok) == "hot"  # b's trial, at the reset timeout
+    with pytest.raises(NotPermitted, match="circuit-open"):
+        await a.call(ok)
+    assert a.seconds_until_trial() == pytest.approx(reset_timeout / 2)
+    clock.advance(reset_timeout / 2)
+    assert await a.call(ok) == "hot"  # a's, half a reset timeout later
+
+
 async def test_a_trial_success_written_after_redis_came_back_empty_does_not_close_the_seeded_circuit(
     fleet: Fleet, redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
@@ -547,6 +570,7 @@ async def test_a_trial_that_failed_while_redis_was_out_of_reach_starts_a_new_ope
     seq = int(redis_client.hget(CIRCUIT, "seq") or 0)
     await eventually(lambda: not shared(a)._writes_pending() and shared(a)._seq >= seq, what="a settled")
     reset_timeout_passed(redis_client, clock)
+    shared(a)._jitter = lambda: 0.0  # its trial alone comes at the reset timeout, not later
     # Only a loses Redis, long enough to make the trial alone; Redis never sees it half-open.
     # (Its connections are killed, and its reads fail until the trial is made: a lost
     # pub/sub connection alone is no outage while a read still answers.)
