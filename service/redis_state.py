@@ -287,7 +287,20 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         the window afresh, here and in Redis, as it starts the count of failures afresh."""
         if state == pybreaker.STATE_CLOSED and self._window is not None:
             self._window.clear()
-        self._send("force-open" if state == pybreaker.STATE_OPEN else "force-close")
+        op = "force-open" if state == pybreaker.STATE_OPEN else "force-close"
+        plain = ("open", "trip") if state == pybreaker.STATE_OPEN else ("close",)
+        entries = self._out.entries
+        if entries and entries[-1][0] in plain and entries[-1][1] == self._next_base - 1:
+            # pybreaker's own entry for this very change, just made (`trip()`, `reset()`):
+            # the forced one takes its place, so Redis makes one generation of the change,
+            # as this instance counted, and its next writes are not refused as stale.
+            entries[-1][0] = op
+            self._out.wake.set()
+            return
+        self._send(op)
+        if state == pybreaker.STATE_CLOSED:
+            # A close of a closed circuit is a new generation in Redis too (a clean count).
+            self._next_base += 1
 
     def hold_open(self, seconds: float) -> None:
         """A Retry-After: open now if not open, no trial for `seconds`; for the whole fleet."""

@@ -499,6 +499,33 @@ async def test_stop_ends_even_when_a_redis_read_swallows_its_cancellation(
     assert swallowed >= 1
 
 
+async def test_an_operators_trip_and_reset_are_one_generation_each_and_the_next_failure_counts(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    """`trip()` and `reset()` make pybreaker's own change and a forced one: both went to Redis,
+    a reset of an open circuit made two generations, and a failure right after it, based
+    on the one this instance counted, was refused as stale."""
+    a = await fleet()
+
+    def version() -> int:
+        return int(redis_client.hget(CIRCUIT, "version") or 0)
+
+    async def written() -> None:
+        await eventually(lambda: not shared(a)._writes_pending(), what="written")
+
+    start = version()
+    a.trip()
+    await written()
+    assert version() == start + 1
+    for generation in (2, 3):  # an open circuit closed, then a closed one reset
+        a.reset()
+        with contextlib.suppress(PartnerDown):
+            await a.call(fail)  # made before the reset's reply is heard
+        await written()
+        assert version() == start + generation
+        assert redis_client.hget(CIRCUIT, "fail_counter") == b"1", f"reset {generation - 1}"
+
+
 async def test_instances_deciding_alone_spread_their_trials_over_half_the_reset_timeout(
     fleet: Fleet, redis_server: RedisServer
 ) -> None:

@@ -669,8 +669,9 @@ async def test_stop_says_how_many_updates_it_could_not_write(
     caplog.set_level(logging.WARNING, logger="redis_state")
     await asyncio.wait_for(state.stop(), BOUND)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopped with")]
-    # The failures (one entry, however many), the transition and the operator's open.
-    assert lines == ["stopped with 3 circuit update(s) not written to Redis"]
+    # The failures (one entry, however many) and the operator's open (pybreaker's own
+    # transition folded into it: one generation).
+    assert lines == ["stopped with 2 circuit update(s) not written to Redis"]
 
 
 async def test_a_clean_stop_writes_what_is_left_and_says_nothing(
@@ -698,9 +699,9 @@ async def test_a_long_outage_keeps_only_the_newest_updates_and_says_so(
     state = shared(breaker)
     redis_server.stop()
     await eventually(lambda: not state.connected or state._outbox == [], what="idle")
-    # The first trip writes the transition and the operator's open, each later one a force-open:
-    # MAX_OUTBOX + 1000 entries in all, so the oldest 1000 go, the transition first.
-    for _ in range(MAX_OUTBOX + 999):
+    # Each trip writes a force-open (the first one's transition folded into it): MAX_OUTBOX
+    # + 1000 entries in all, so the oldest 1000 go.
+    for _ in range(MAX_OUTBOX + 1000):
         breaker.trip()
     assert len(state._outbox) == MAX_OUTBOX
     assert {entry[0] for entry in state._outbox} == {"force-open"}
