@@ -84,3 +84,23 @@ def settings_in_use(policy: str, fail_max: str, window_ms: str, reset_ms: str) -
     )
     reset = f"{int(reset_ms or 0) / 1000:g}"
     return {"CIRCUIT_POLICY": policy, rule[0]: rule[1], "CIRCUIT_RESET_TIMEOUT": reset}
+
+
+def settings_warning(name: str, theirs: dict[str, str], ours: dict[str, str]) -> str | None:
+    """One line, in the settings' own names, when the first instance that wrote the record
+    had other settings. A mixed fleet stays safe: every instance trips on its own rule
+    (failures in a row counted fleet-wide, or the fleet's window), either's trip opens
+    the fleet, and only a trial's success or an operator's reset closes it. The window
+    is the first writer's width, whatever CIRCUIT_WINDOW says here."""
+    differ = list(dict.fromkeys(n for n in (*theirs, *ours) if theirs.get(n) != ours.get(n)))
+    if not differ:
+        return None
+
+    def say(settings: dict[str, str]) -> str:
+        return " ".join(f"{n}={settings[n]}" for n in differ if n in settings)
+
+    return (
+        f"circuit {name!r} is shared with instances that use {say(theirs)}; this one uses "
+        f"{say(ours)}: each trips on its own rule, either's trip opens the fleet, trials follow "
+        "each one's reset timeout, and the fleet's window is the first one's"
+    )

@@ -8,15 +8,16 @@ pybreaker as the state machine and changes where the state lives; it is the
 
 - **A local view.** pybreaker reads state and fail counter from memory, so a
   request in a closed or open circuit never touches Redis.
-- **Writes coalesce in the background.** A failure, a reset or a transition
-  changes the local view at once and joins an outbox; a background task sends
-  the whole outbox as one Lua script call (one round trip per batch, however
-  many calls failed meanwhile), so the outbox never grows with the request
-  rate. The script decides the trip on the fleet's count, atomically, and
-  PUBLISHes the new state; every instance subscribes, and a refresh every
-  second catches a message that pub/sub dropped. A batch whose reply was
-  lost is sent again after a reconnect with its id, and Redis applies it
-  once: never dropped silently, never counted twice.
+- **Writes coalesce in the background** (`service/redis_outbox.py`). A
+  failure, a reset or a transition changes the local view at once and joins
+  an outbox; a background task sends the whole outbox as one Lua script call
+  (one round trip per batch, however many calls failed meanwhile), so the
+  outbox never grows with the request rate. The script decides the trip on
+  the fleet's count, atomically, and PUBLISHes the new state; every instance
+  subscribes, and a refresh every second catches a message that pub/sub
+  dropped (`service/redis_subscriber.py`). A batch whose reply was lost is
+  sent again after a reconnect with its id, and Redis applies it once: never
+  dropped silently, never counted twice.
 - **Generations the fleet agrees on.** Every transition bumps a `version` in
   Redis. Each write carries the version it was based on and Redis refuses a
   write based on another one, so an outcome counts only against the
@@ -44,7 +45,8 @@ pybreaker as the state machine and changes where the state lives; it is the
   that waited in the outbox (Redis out of reach) leaves with what is left of
   it, counted from when it was heard, and not at all once it is over or a
   success closed the circuit here.
-- **A record that can vanish, or that cannot be read** (`service/redis_record.py`).
+- **A record that can vanish, or that cannot be read** (`service/redis_record.py`,
+  `service/record_seeding.py`).
   A flush, an eviction, a `DEL` or a failover to a replica that missed writes
   leaves Redis with no circuit, or an older one. An instance notices within
   one refresh and seeds Redis from its own view: open wins, with its
@@ -55,7 +57,8 @@ pybreaker as the state machine and changes where the state lives; it is the
   goes degraded (`/health` says so) and tries again from there.
 - **Lua in files of its own** (`service/lua/*.lua`, read once at import by
   `service/redis_scripts.py`): each decision is one script call, one round trip.
-- **One trial per fleet.** When the reset timeout has passed, the caller that
+- **One trial per fleet** (`service/trial_lease.py`). When the reset
+  timeout has passed, the caller that
   wins a lease in Redis (SET NX with an expiry, so a prober that crashes
   cannot wedge the circuit) makes the trial call; every other caller in the
   fleet gets the fallback. A released lease is published, so instances that
@@ -67,16 +70,13 @@ pybreaker as the state machine and changes where the state lives; it is the
   flush wait on, and go when Redis is back if they are still inside the
   window. Deciding alone, an instance makes its trial a random part of the
   reset timeout (up to `ALONE_JITTER`, half) after the timeout: a fleet that
-  lost Redis together would otherwise send one trial per instance at once. A pub/sub connection that drops while Redis still answers a read
-  is no outage: the instance subscribes again.
+  lost Redis together would otherwise send one trial per instance at once.
+  A pub/sub connection that drops while Redis still answers a read is no
+  outage: the instance subscribes again.
 - **A shutdown that always ends.** With redis-py 8.1 on Python 3.11, a task
-  cancelled while it awaits a reply often goes on running: in a loop of
-  EVALSHAs through `register_script`, 176 of 200 cancelled tasks kept
-  running on 3.11.7, and 34 of 50 around `pubsub.subscribe`; on 3.12.1 with
-  the same redis-py, none (`tools/bench/cancel_swallow.py` measures it). The
-  symptom is the one of redis/redis-py#2028 and #2551; the exact line in the
-  client is not pinned down here. So every round trip is awaited through
-  `asyncio.shield`, which delivers the caller's cancellation whatever the
+  cancelled while it awaits a reply often goes on running, so every round
+  trip is awaited through `asyncio.shield` (`service/redis_calls.py` says
+  what was measured), which delivers the caller's cancellation whatever the
   client does with its own; the loops also check a stop flag, and `stop()`
   lets the writer send what is left, closes the connections to break
   pending reads and waits a bounded time, saying in one log line what it
@@ -107,9 +107,10 @@ from redis.exceptions import RedisError, ResponseError
 from circuit_breaker import RatePolicy, TrialVerdict, WindowCounts
 from service import redis_scripts as scripts
 from service.fleet_window import FLUSH_INTERVAL, FleetWindow
+from service.record_seeding import Seeder, View
 from service.redis_calls import shielded
 from service.redis_outbox import MAX_OUTBOX, Hold, Outbox, Source, batch_args
-from service.redis_record import Shared, UnreadableRecord, settings_in_use
+from service.redis_record import Shared, UnreadableRecord, settings_in_use, settings_warning
 from service.redis_subscriber import Subscriber
 from service.trial_lease import TrialLease
 
@@ -188,7 +189,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             lambda: self._stopping,
         )
         self._init = client.register_script(scripts.INIT)
-        self._seed = client.register_script(scripts.SEED)
+        self._seeder = Seeder(client, self._keys, self._channel)
 
         self._state = pybreaker.STATE_CLOSED
         self._fail_counter = 0
@@ -565,26 +566,11 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             raise ConnectionError(f"the circuit's record in Redis cannot be replaced: {exc}") from exc
 
     async def _seed_from_view(self, reason: str, replace: bool = False) -> None:
-        is_open = self._state != pybreaker.STATE_CLOSED
-        # Half-open counts as open, from now: its trial's lease is gone with the record.
-        age = 0.0
-        if self._state == pybreaker.STATE_OPEN and self._opened_clock is not None:
-            age = self._clock() - self._opened_clock
-        args = [
-            self._channel,
-            "open" if is_open else "closed",
-            self._fail_counter,
-            int(age * 1000),
-            self._version,
-            self._seq,
-            "1" if replace else "0",
-            int(self._hold * 1000) if self._state == pybreaker.STATE_OPEN else 0,
-            uuid.uuid4().hex,  # this seeding's id
-        ]
+        age = None if self._opened_clock is None else self._clock() - self._opened_clock
+        view = View(self._state, self._fail_counter, age, self._hold, self._version, self._seq)
         counted = len(self._out.entries)  # what the seed's count includes
-        reply = await shielded(self._seed(keys=self._keys, args=args))
-        shared = Shared.parse(reply[1:])
-        if reply[0] == b"found":
+        seeded, shared = await self._seeder.seed(view, replace)
+        if not seeded:
             # Another instance seeded it first (an open view here still won): what this
             # process has not written yet goes on top, as it would have on the lost record.
             self._heard(shared, "read")
@@ -641,34 +627,16 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             return
 
     def _warn_if_settings_differ(self, fail_max: str, reset_ms: str, policy: str, window_ms: str) -> None:
-        """One line, in the settings' own names, when the first instance that wrote the record
-        had other settings. A mixed fleet stays safe: every instance trips on its own rule
-        (failures in a row counted fleet-wide, or the fleet's window), either's trip opens
-        the fleet, and only a trial's success or an operator's reset closes it. The window
-        is the first writer's width, whatever CIRCUIT_WINDOW says here."""
-        theirs = settings_in_use(policy or "consecutive", fail_max, window_ms, reset_ms)
         ours = settings_in_use(
             "rate" if self._policy else "consecutive",
             str(self._fail_max),
             str(int(self._policy.window * 1000)) if self._policy else "",
             str(self._reset_timeout_ms),
         )
-        differ = [name for name in (*theirs, *ours) if theirs.get(name) != ours.get(name)]
-        if differ:
-
-            def say(settings: dict[str, str]) -> str:
-                return " ".join(
-                    f"{name}={settings[name]}" for name in dict.fromkeys(differ) if name in settings
-                )
-
-            log.warning(
-                "circuit %r is shared with instances that use %s; this one uses %s: each trips on "
-                "its own rule, either's trip opens the fleet, trials follow each one's reset "
-                "timeout, and the fleet's window is the first one's",
-                self._breaker_name,
-                say(theirs),
-                say(ours),
-            )
+        theirs = settings_in_use(policy or "consecutive", fail_max, window_ms, reset_ms)
+        warning = settings_warning(self._breaker_name, theirs, ours)
+        if warning:
+            log.warning("%s", warning)
 
     def _background(self, awaitable: Awaitable[object]) -> None:
         async def run() -> None:
