@@ -269,6 +269,7 @@ class CallWindow:
         self.judged = True
         self._last: list[int] = [0, 0, 0, 0]  # the newest bucket, and when it ends on the clock
         self._last_until = float("-inf")
+        self._gone = [0, 0, 0]  # calls, failures, slow that left the totals: see `counted`
 
     def record(self, failed: bool, slow: bool, now: float | None = None) -> list[int]:
         """Count one call that ended `now` (on the clock: read here if not given); the
@@ -308,21 +309,32 @@ class CallWindow:
         self._drop_before(int(self._clock() // self._width))
         return WindowCounts(*self._totals)
 
+    def counted(self) -> tuple[int, int, int]:
+        """Calls, failures and slow calls counted since the window was made, slid out or
+        cleared or not: figures that only grow, so a reader that keeps the last ones has
+        the calls since by subtraction, at no cost to the call (the fleet's window does)."""
+        totals, gone = self._totals, self._gone
+        return totals[0] + gone[0], totals[1] + gone[1], totals[2] + gone[2]
+
     def clear(self) -> None:
         """Start the window afresh: a new state, or an operator's reset."""
         self._buckets.clear()
+        self._gone = list(self.counted())
         self._totals = [0, 0, 0]
         self.judged = True
         self._last_until = float("-inf")
 
     def _drop_before(self, number: int) -> None:
-        buckets, totals = self._buckets, self._totals
+        buckets, totals, gone = self._buckets, self._totals, self._gone
         while buckets and buckets[0][0] <= number - self.BUCKETS:
             _, calls, failures, slow = buckets.popleft()
             self.judged = False
             totals[0] -= calls
             totals[1] -= failures
             totals[2] -= slow
+            gone[0] += calls
+            gone[1] += failures
+            gone[2] += slow
 
 
 TrialVerdict = Literal["granted", "busy", "open", "closed"]
@@ -357,8 +369,10 @@ class SharedState(Protocol):
     def hold_open(self, seconds: float) -> None:
         """Open now, if not open already, and permit no trial for `seconds`."""
 
-    def add_to_window(self, failed: bool, slow: bool) -> None:
-        """Count one call in the fleet's window; the shared state trips on the fleet's totals."""
+    def share_window(self, window: CallWindow) -> None:
+        """Add the calls this process counts in `window` to the fleet's window, read from its
+        `counted()` at each flush (so a call costs the fleet nothing); the shared state
+        trips on the fleet's totals."""
 
     def fleet_window(self) -> WindowCounts | None:
         """The fleet's window as last heard, or None when it cannot be heard (then the
@@ -540,6 +554,8 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         state_machine.add_listener(self)
         if shared is not None:
             shared.on_change = self._heard_from_fleet
+            if self._window is not None:
+                shared.share_window(self._window)
 
     # The two steps.
 
@@ -1021,20 +1037,15 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         assert window is not None and policy is not None
         slow = now - started >= policy.slow_call_seconds
         calls, failures, slow_calls = window.record(failed, slow, now)
-        shared = self.shared
-        if shared is not None:
-            # Kept while Redis is out of reach and sent when it is back, so an outage's
-            # calls still reach the fleet's window; while connected, the fleet's totals decide.
-            shared.add_to_window(failed, slow)
-            if shared.connected:
-                window.judged = False  # if Redis goes, this window decides, from its totals
-                return
         if failed or slow or calls == policy.min_calls or not window.judged:
             # A success in a window already judged lowers both shares: no need to ask (a
-            # third of the rate policy's cost per call, callgrind). With shared state every
-            # call must reach `add_to_window`, so the shortcut stays closed.
-            window.judged = shared is None
-            if policy.exceeded(calls, failures, slow_calls):
+            # third of the rate policy's cost per call, callgrind). Totals over the line stay
+            # unjudged while the fleet decides (shared state, Redis connected): if Redis goes,
+            # the next call trips on them here.
+            exceeded = policy.exceeded(calls, failures, slow_calls)
+            window.judged = not exceeded
+            shared = self.shared
+            if exceeded and (shared is None or not shared.connected):
                 self._open()
 
     def _hold_open(self, seconds: float) -> None:
