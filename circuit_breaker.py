@@ -255,7 +255,12 @@ class WindowCounts:
 class CallWindow:
     """The last `window` seconds of calls, as `BUCKETS` buckets on the breaker's clock. It
     keeps running totals: a call costs a few additions, and the window slides by
-    subtracting whole buckets, never by summing them again."""
+    subtracting whole buckets, never by summing them again.
+
+    A success that cannot change the verdict costs one addition: until `quiet_until` on
+    the clock (see `judged`), the breaker adds it to `quiet_successes`, and the window
+    folds those into its newest bucket before it is next read or written. That took the
+    rate policy from 1.28x the consecutive one's cost per guarded call to 1.1x (callgrind)."""
 
     BUCKETS = 10
 
@@ -264,22 +269,21 @@ class CallWindow:
         self._clock = clock
         self._buckets: deque[list[int]] = deque()  # [bucket number, calls, failures, slow]
         self._totals = [0, 0, 0]  # calls, failures, slow over the buckets above
-        # Whether a policy judged the totals since they last shrank (a bucket dropped). While
-        # it has, a success cannot trip: it lowers both shares (see `_count_in_window`).
-        self.judged = True
-        self._last: list[int] = [0, 0, 0, 0]  # the newest bucket, and when it ends on the clock
-        self._last_until = float("-inf")
+        self._last_until = float("-inf")  # when the newest bucket ends, on the clock
         self._gone = [0, 0, 0]  # calls, failures, slow that left the totals: see `counted`
+        self.quiet_until = float("-inf")
+        self.quiet_successes = 0
 
     def record(self, failed: bool, slow: bool, now: float | None = None) -> list[int]:
         """Count one call that ended `now` (on the clock: read here if not given); the
         window's calls, failures and slow calls, this one included."""
+        if self.quiet_successes:
+            self._fold()
         number = int((self._clock() if now is None else now) // self._width)
         buckets = self._buckets
         if not buckets or buckets[-1][0] != number:
-            self._last = [number, 0, 0, 0]
             self._last_until = (number + 1) * self._width
-            buckets.append(self._last)
+            buckets.append([number, 0, 0, 0])
             self._drop_before(number)
         bucket, totals = buckets[-1], self._totals
         bucket[1] += 1
@@ -292,20 +296,16 @@ class CallWindow:
             totals[2] += 1
         return totals
 
-    def add_success(self, now: float, min_calls: int) -> bool:
-        """Count a success that was not slow, if nothing is left to judge: the newest
-        bucket is still current, the totals were judged since they last shrank, and this
-        call does not bring them to `min_calls`. False when not counted (then `record`):
-        the common case costs one call and two additions, a third of `record`'s path."""
-        totals = self._totals
-        if now >= self._last_until or not self.judged or totals[0] + 1 == min_calls:
-            return False
-        self._last[1] += 1
-        totals[0] += 1
-        return True
+    def judged(self, exceeded: bool, min_calls: int) -> None:
+        """A policy judged the totals just recorded. Under its thresholds with `min_calls`
+        calls or more, a success that is not slow lowers both shares and cannot trip: so
+        until the newest bucket ends (or one slides out), such successes are quiet."""
+        quiet = not exceeded and self._totals[0] >= min_calls
+        self.quiet_until = self._last_until if quiet else float("-inf")
 
     def counts(self) -> WindowCounts:
         """The window's totals now."""
+        self._fold()
         self._drop_before(int(self._clock() // self._width))
         return WindowCounts(*self._totals)
 
@@ -313,22 +313,29 @@ class CallWindow:
         """Calls, failures and slow calls counted since the window was made, slid out or
         cleared or not: figures that only grow, so a reader that keeps the last ones has
         the calls since by subtraction, at no cost to the call (the fleet's window does)."""
+        self._fold()
         totals, gone = self._totals, self._gone
         return totals[0] + gone[0], totals[1] + gone[1], totals[2] + gone[2]
 
     def clear(self) -> None:
         """Start the window afresh: a new state, or an operator's reset."""
-        self._buckets.clear()
         self._gone = list(self.counted())
+        self._buckets.clear()
         self._totals = [0, 0, 0]
-        self.judged = True
-        self._last_until = float("-inf")
+        self._last_until = self.quiet_until = float("-inf")
+
+    def _fold(self) -> None:
+        """The quiet successes, into the newest bucket: they all ended in it."""
+        if self.quiet_successes:
+            self._buckets[-1][1] += self.quiet_successes
+            self._totals[0] += self.quiet_successes
+            self.quiet_successes = 0
 
     def _drop_before(self, number: int) -> None:
         buckets, totals, gone = self._buckets, self._totals, self._gone
         while buckets and buckets[0][0] <= number - self.BUCKETS:
             _, calls, failures, slow = buckets.popleft()
-            self.judged = False
+            self.quiet_until = float("-inf")  # the totals shrank: judge them again
             totals[0] -= calls
             totals[1] -= failures
             totals[2] -= slow
@@ -532,7 +539,6 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         self.max_trial_seconds = max_trial_seconds
         self._window = CallWindow(policy.window, clock) if policy else None
         self._slow_call_seconds = policy.slow_call_seconds if policy else 0.0
-        self._min_calls = policy.min_calls if policy else 0
         self._not_counted = not_counted
         self._clock = clock
         self._opened_clock: float | None = None
@@ -955,7 +961,9 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
             window = self._window
             if window is not None:
                 now = self._clock()
-                if now - started >= self._slow_call_seconds or not window.add_success(now, self._min_calls):
+                if now < window.quiet_until and now - started < self._slow_call_seconds:
+                    window.quiet_successes += 1  # cannot trip: see `CallWindow.judged`
+                else:
                     self._count_in_window(False, started, now)
             return
         self._record(state, generation, is_trial, started, None)
@@ -1037,16 +1045,13 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         assert window is not None and policy is not None
         slow = now - started >= policy.slow_call_seconds
         calls, failures, slow_calls = window.record(failed, slow, now)
-        if failed or slow or calls == policy.min_calls or not window.judged:
-            # A success in a window already judged lowers both shares: no need to ask (a
-            # third of the rate policy's cost per call, callgrind). Totals over the line stay
-            # unjudged while the fleet decides (shared state, Redis connected): if Redis goes,
-            # the next call trips on them here.
-            exceeded = policy.exceeded(calls, failures, slow_calls)
-            window.judged = not exceeded
-            shared = self.shared
-            if exceeded and (shared is None or not shared.connected):
-                self._open()
+        exceeded = policy.exceeded(calls, failures, slow_calls)
+        # Totals over the line are judged on every call, even while the fleet's decide (shared
+        # state, Redis connected): if Redis goes, the next call trips on them here.
+        window.judged(exceeded, policy.min_calls)
+        shared = self.shared
+        if exceeded and (shared is None or not shared.connected):
+            self._open()
 
     def _hold_open(self, seconds: float) -> None:
         """The dependency said when to come back: open until then at least."""
