@@ -430,7 +430,7 @@ class Permit:
         breaker = self._breaker
         if breaker is not None:
             self._breaker = None
-            breaker._succeeded(self.state, self.generation, self.is_trial, self.started, self._quiet)
+            breaker._succeeded(self.state, self.generation, False, self.started, self._quiet)
 
     def failure(self, error: BaseException) -> None:
         """Counts as a failure, or as ignored if `error` is in pybreaker's `exclude`."""
@@ -454,6 +454,12 @@ class _TrialPermit(Permit):
 
     __slots__ = ()
     is_trial = True
+
+    def success(self) -> None:
+        breaker = self._breaker
+        if breaker is not None:
+            self._breaker = None
+            breaker._succeeded(self.state, self.generation, True, self.started, self._quiet)
 
     def __del__(self) -> None:
         if self._breaker is not None:
@@ -511,18 +517,21 @@ class Calling(Permit):
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        breaker, permit, task = self._owner, self._permit or self, self._task
+        breaker, permit, task = self._owner, self._permit, self._task
         waiting = breaker._waiting
         if breaker._cut or waiting[task] > 1:  # as in `call`: the common case needs no call
             if breaker._done_waiting(task, exc):  # the circuit opened: this block was cancelled
-                permit.release()
+                (permit or self).release()
                 raise CutShort() from None
         else:
             del waiting[task]
-        if exc is None:
+        if exc is not None:
+            breaker._settle(permit or self, exc)
+        elif permit is not None:
             permit.success()
-        else:
-            breaker._settle(permit, exc)
+        elif self._breaker is not None:  # `self.success()`, inline: a tenth of a block's cost
+            self._breaker = None
+            breaker._succeeded(self.state, self.generation, False, self.started, self._quiet)
 
 
 class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
@@ -611,7 +620,13 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         state = self.state_machine._state
         if type(state) is not pybreaker.CircuitClosedState or self._storage.state != pybreaker.STATE_CLOSED:
             return None
-        quiet = not self._hear_calls()
+        # `not self._hear_calls()`, and no call when the listeners are as last seen and none
+        # hears calls at this log level (a call here is a tenth of a guarded call).
+        quiet = (
+            self.state_machine._listeners == self._listeners_seen
+            and not self._listeners_loud
+            and (not self._listeners_log or _LOG_CACHE.get(logging.DEBUG) is False)
+        ) or not self._hear_calls()
         if not quiet:
             self._before_call(func)
         shared = self.shared
@@ -661,7 +676,13 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
             )
         # A closed circuit's call needs no Permit object: the fields below are the permit.
         # (`_admit_closed`, inline: a third of what a call costs is Python calls.)
-        quiet = not self._hear_calls()
+        # `not self._hear_calls()`, and no call when the listeners are as last seen and none
+        # hears calls at this log level (a call here is a tenth of a guarded call).
+        quiet = (
+            self.state_machine._listeners == self._listeners_seen
+            and not self._listeners_loud
+            and (not self._listeners_log or _LOG_CACHE.get(logging.DEBUG) is False)
+        ) or not self._hear_calls()
         state: pybreaker.CircuitBreakerState = self.state_machine._state
         if type(state) is pybreaker.CircuitClosedState and self._storage.state == pybreaker.STATE_CLOSED:
             is_trial = False
