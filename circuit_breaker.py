@@ -303,7 +303,7 @@ class CallWindow:
     def judged(self, exceeded: bool, min_calls: int) -> None:
         """A policy judged the totals just recorded. Under its thresholds with `min_calls`
         calls or more, a success that is not slow lowers both shares and cannot trip: so
-        until the newest bucket ends (or one slides out), such successes are quiet."""
+        until the newest bucket ends (no bucket slides out before), such successes are quiet."""
         quiet = not exceeded and self._totals[0] >= min_calls
         self.quiet_until = self._last_until if quiet else float("-inf")
 
@@ -339,7 +339,6 @@ class CallWindow:
         buckets, totals, gone = self._buckets, self._totals, self._gone
         while buckets and buckets[0][0] <= number - self.BUCKETS:
             _, calls, failures, slow = buckets.popleft()
-            self.quiet_until = float("-inf")  # the totals shrank: judge them again
             totals[0] -= calls
             totals[1] -= failures
             totals[2] -= slow
