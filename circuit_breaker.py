@@ -73,32 +73,24 @@ this module adds is what an asyncio service needs and pybreaker lacks:
    measured on a monotonic clock (injectable, so tests move time instead of
    waiting).
 6. **A dependency that says when to come back.** An error with a
-   `retry_after` attribute (seconds; a 429 or 503 with `Retry-After`, say) is
-   a signal, not a verdict, as in resilience4j and Polly: it counts as one
-   failure like any other and never opens the circuit by itself. If the
-   circuit opens while it stands (from when it was heard, at most
-   `max_retry_after` seconds, and until a success), the circuit stays open
-   until then at least, for the whole fleet with shared state. So one
-   answer cannot open a fleet, a tiny value (`1e-300`) changes nothing, and
-   a huge one is capped; 0, a negative or a NaN is ignored.
+   `retry_after` attribute (seconds) is a signal, not a verdict: one failure
+   like any other, so one answer cannot open a fleet; if the circuit opens
+   while it stands, it stays open until then at least (capped at
+   `max_retry_after`). The rule in full: docs/breaker.md, "Retry-After".
 
 A hand on the state machine stays pybreaker's: `breaker.state_machine.open()`
 opens the circuit as `trip()` does, for the whole fleet with shared state.
 
-**Two policies decide when to trip.** `consecutive` is pybreaker's own:
-`fail_max` failures in a row, any success starts the count again. Under load
-it trips on noise (at 100 calls a second with 10% of them failing at random,
-three in a row come about every ten seconds) and never on a dependency that fails every other call
-or answers slowly. `RatePolicy` is the rule of Hystrix, resilience4j and
-Polly: the share of failures, or of slow calls, over the last `window`
-seconds, once `min_calls` calls were made. It plugs into pybreaker without
+**Two policies decide when to trip.** `consecutive` is pybreaker's own,
+`fail_max` failures in a row: under load it trips on noise, and never on a
+dependency that fails every other call or answers slowly. `RatePolicy` is
+the rule of Hystrix, resilience4j and Polly: the share of failures, or of
+slow calls, over the last `window` seconds. It plugs into pybreaker without
 changing it: the machine is built with a `fail_max` it never reaches
-(`RATE_POLICY_FAIL_MAX`; any other is a `ValueError` at construction), so
-pybreaker still keeps the states, the listeners and the count of failures in
-a row, and the policy calls its `open()` when the window says so. A reset
-starts the window afresh. A half-open circuit closes after
-`success_threshold` (pybreaker's own setting) trial calls in a row succeed,
-one at a time, and opens again at the first failure, in both policies.
+(`RATE_POLICY_FAIL_MAX`), so pybreaker keeps the states, the listeners and
+the storage, and the policy calls its `open()` when the window says so. The
+rest (half-open, a fleet's window): docs/breaker.md, "Partial failures: the
+rate policy".
 
 **A closed circuit's success skips pybreaker when nothing would change.**
 Most calls are successes in a closed circuit, and pybreaker's handling of one
