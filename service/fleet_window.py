@@ -1,13 +1,19 @@
 """The rate policy's window as one instance shares it with the fleet.
 
-Calls are counted here at no cost but a few additions, and leave for Redis
-every `FLUSH_INTERVAL` as one entry of the shared state's next batch; the
-script adds them to the fleet's buckets and trips on the fleet's rates. So
-the fleet's totals, and its trip, are at most one flush interval and a round
-trip behind. Counts wait while Redis is out of reach (and go when it is back,
-if they are still inside the window), and this instance's calls of the last
-window are kept, so that a window Redis lost (a FLUSHALL, an eviction, a
-failover) is counted again from the instances that made them.
+A call costs the fleet nothing: the breaker counts it in its own window
+(`CallWindow`), and every `FLUSH_INTERVAL` the calls counted there since the
+last flush (the difference of its `counted()` figures, which only grow) leave
+for Redis as one entry of the shared state's next batch; the script adds them
+to the fleet's buckets and trips on the fleet's rates. So the fleet's totals,
+and its trip, are at most one flush interval and a round trip behind. Counting
+into the fleet's window on every call made the rate policy with Redis state
+cost 2.1 times the consecutive policy per guarded call (callgrind,
+tools/bench/micro.py); the flush's timer runs whether calls come or not, five
+wake-ups a second that send nothing when there is nothing to send. Counts wait
+while Redis is out of reach (and go when it is back, if they are still inside
+the window), and a window Redis lost (a FLUSHALL, an eviction, a failover) is
+counted again from the breakers' own windows, the calls of the last window
+since the circuit last changed state.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ FLUSH_INTERVAL = 0.2
 
 
 class FleetWindow:
-    """This instance's unsent calls, its calls of the last window, and the fleet's totals as
-    the last write heard them. `on_due` is called when the unsent calls should leave."""
+    """This instance's unsent calls, read from the breaker's window (`share`), and the
+    fleet's totals as the last write heard them. `on_due` is called every flush interval
+    from `start` to `cancel`, for the unsent calls to leave."""
 
     def __init__(self, policy: RatePolicy, clock: Callable[[], float], on_due: Callable[[], None]) -> None:
         self.policy = policy
@@ -32,32 +39,49 @@ class FleetWindow:
         self._on_due = on_due
         # The thresholds travel with each entry: Redis decides the trip on them.
         self._rule = f"{int(policy.window * 1000)},{policy.min_calls},{policy.failure_rate!r},{policy.slow_call_rate!r}"
-        self.unsent = WindowCounts()  # counted here, not yet added to the fleet's window
-        self._recent = CallWindow(policy.window, clock)
+        self._calls: CallWindow | None = None  # the breaker's window, once it shares it
+        self._taken = (0, 0, 0)  # its `counted()` when the unsent calls were last taken
+        self._carried = WindowCounts()  # unsent calls besides those: a recount's
         self._fleet: WindowCounts | None = None
         self._fleet_heard = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.recounted = ""  # the seeding this instance's recent calls were added to
         self._recounting = False  # the unsent calls are a recount only: they may not trip
 
-    def add(self, failed: bool, slow: bool) -> None:
-        unsent = self.unsent
-        unsent.calls += 1
-        unsent.failures += failed
-        unsent.slow += slow
-        self._recounting = False  # a call's end: the fleet decides on its window now
-        self._recent.record(failed, slow)
-        self._due_in(FLUSH_INTERVAL)
+    def share(self, calls: CallWindow) -> None:
+        """Count the calls counted in `calls` from now on."""
+        self._calls, self._taken = calls, calls.counted()
+
+    @property
+    def unsent(self) -> WindowCounts:
+        """Calls counted here, not yet added to the fleet's window."""
+        carried = self._carried
+        if self._calls is None:
+            return WindowCounts(carried.calls, carried.failures, carried.slow)
+        (calls, failures, slow), (calls_then, failures_then, slow_then) = self._calls.counted(), self._taken
+        return WindowCounts(
+            carried.calls + calls - calls_then,
+            carried.failures + failures - failures_then,
+            carried.slow + slow - slow_then,
+        )
 
     def take(self) -> tuple[str, str] | None:
         """The unsent calls as an entry (op, count), None if there are none; they are sent.
-        A recount alone is a `recount`, which never trips the fleet (see `recount`)."""
-        unsent, self.unsent = self.unsent, WindowCounts()
+        A recount with no call ended since is a `recount`, which never trips the fleet
+        (see `recount`): a call's end is what lets the fleet decide on its window."""
+        unsent = self.unsent
+        recount_only = self._recounting and (self._calls is None or self._calls.counted() == self._taken)
+        self._drop_unsent()
+        self._recounting = False
         if not unsent.calls:
             return None
-        op = "recount" if self._recounting else "window"
-        self._recounting = False
+        op = "recount" if recount_only else "window"
         return op, f"{unsent.calls},{unsent.failures},{unsent.slow},{self._rule}"
+
+    def _drop_unsent(self) -> None:
+        self._carried = WindowCounts()
+        if self._calls is not None:
+            self._taken = self._calls.counted()
 
     def counts(self) -> WindowCounts:
         """The fleet's window as last heard, plus this instance's unsent calls."""
@@ -74,20 +98,21 @@ class FleetWindow:
 
     def new_state(self) -> None:
         """A new state (or an operator's reset) starts a new window in Redis: calls counted
-        before it are not added to it, neither now nor when a lost window is counted again
-        (found by the fleet model: a trip's failures, re-added after a FLUSHALL that came
-        after the trial closed the circuit, tripped it again)."""
+        before it are not added to it (the breaker's own window starts afresh too, so they
+        are not counted again when a lost window is; found by the fleet model: a trip's
+        failures, re-added after a FLUSHALL that came after the trial closed the circuit,
+        tripped it again)."""
         self.clear()
 
     def clear(self) -> None:
         """An operator's reset: the window starts afresh here too."""
-        self.unsent, self._fleet = WindowCounts(), None
+        self._drop_unsent()
         self._recounting = False
-        self._recent.clear()
+        self._fleet = None
 
     def drop_if_older_than_window(self, since: float) -> None:
         if self._clock() - since > self.policy.window:
-            self.unsent = WindowCounts()
+            self._drop_unsent()
 
     def recount(self, seeding: str) -> None:
         """Redis lost the window: add this instance's calls of the last window again. Calls
@@ -97,11 +122,17 @@ class FleetWindow:
         first instance's share alone, 10 calls of which half failed, tripped a fleet whose
         window held 20, a quarter failed): the next call's end decides."""
         self.recounted = seeding
-        recent = self._recent.counts()
-        self.unsent = WindowCounts(recent.calls, recent.failures, recent.slow)
+        if self._calls is None:
+            return
+        self._drop_unsent()
+        self._carried = self._calls.counts()
         self._recounting = True
-        if recent.calls:
+        if self._carried.calls:
             self._due_in(0)
+
+    def start(self) -> None:
+        """Flush every `FLUSH_INTERVAL` from now on."""
+        self._due_in(FLUSH_INTERVAL)
 
     def cancel(self) -> None:
         if self.timer is not None:
@@ -109,9 +140,11 @@ class FleetWindow:
             self.timer = None
 
     def _due_in(self, seconds: float) -> None:
-        if self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(seconds, self._due)
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(seconds, self._due)
 
     def _due(self) -> None:
         self.timer = None
+        self._due_in(FLUSH_INTERVAL)
         self._on_due()

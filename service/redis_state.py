@@ -104,7 +104,7 @@ import pybreaker
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
-from circuit_breaker import RatePolicy, TrialVerdict, WindowCounts
+from circuit_breaker import CallWindow, RatePolicy, TrialVerdict, WindowCounts
 from service import redis_scripts as scripts
 from service.fleet_window import FLUSH_INTERVAL, FleetWindow
 from service.record_seeding import Seeder, View
@@ -318,11 +318,11 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
 
     # The rate policy's window, fleet-wide.
 
-    def add_to_window(self, failed: bool, slow: bool) -> None:
-        """Count a call here; every `WINDOW_FLUSH_INTERVAL` the counts join the fleet's window
-        in one write, and Redis trips the circuit on the fleet's totals."""
+    def share_window(self, window: CallWindow) -> None:
+        """Every `WINDOW_FLUSH_INTERVAL` the calls counted in `window` since join the fleet's
+        window in one write, and Redis trips the circuit on the fleet's totals."""
         if self._window is not None:
-            self._window.add(failed, slow)
+            self._window.share(window)
 
     def fleet_window(self) -> WindowCounts | None:
         if not self.connected or self._window is None:
@@ -387,6 +387,8 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             self._found_unreadable(bad)
             await self._check_record()
         self._supervisor = asyncio.create_task(self._supervise(), name="redis-state")
+        if self._window is not None:
+            self._window.start()
 
     async def stop(self) -> None:
         """Write what is left, then end the background work: within STOP_TIMEOUT whatever

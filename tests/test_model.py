@@ -690,7 +690,7 @@ class FleetMachine(BreakerMachine):
             if shared._writes_pending() or shared._pending:
                 return f"instance {i} has writes on their way"
             window = shared._window
-            if window is not None and (window.unsent.calls or window.timer is not None):
+            if window is not None and window.unsent.calls:
                 return f"instance {i} has calls waiting for their flush to the fleet's window"
             if (shared._version, shared._seq) != heard:
                 return f"instance {i} heard version/seq {(shared._version, shared._seq)}, Redis {heard}"

@@ -179,6 +179,27 @@ async def test_slow_successes_alone_open_the_rate_policy() -> None:
     assert breaker.fail_counter == 0
 
 
+async def test_a_slow_success_counts_as_slow_in_a_window_under_the_line() -> None:
+    clock = FakeClock()
+    breaker = rate_breaker(
+        clock,
+        circuit_window=100.0,
+        circuit_min_calls=2,
+        circuit_slow_call_seconds=3.0,
+        circuit_slow_call_rate=0.5,
+    )
+
+    async def slow_ok() -> str:
+        clock.advance(3.5)
+        return "hot"
+
+    for _ in range(2):  # min_calls in, under the line: fast successes need no judging
+        await breaker.call(ok)
+    for _ in range(2):  # two slow of four: a slow success is judged all the same
+        await breaker.call(slow_ok)
+    assert breaker.state == "open"
+
+
 async def test_calls_just_under_the_slow_threshold_are_not_slow() -> None:
     clock = FakeClock()
     breaker = rate_breaker(
@@ -212,6 +233,51 @@ async def test_a_success_trips_the_circuit_once_the_window_slid_past_the_success
     clock.advance(5.5)  # the twelve successes leave the window
     assert await outcome(breaker, ok) == "success"
     assert breaker.state == "open"  # 9 failures of 10 calls
+
+
+async def test_the_window_counts_every_success_those_that_cannot_trip_too() -> None:
+    clock = FakeClock(0.0)
+    breaker = rate_breaker(clock, circuit_min_calls=2)
+    for _ in range(7):  # from the third on, a success under the line is one addition
+        await outcome(breaker, ok)
+    assert breaker.snapshot()["window"]["calls"] == 7
+    await outcome(breaker, fail)
+    window = breaker.snapshot()["window"]
+    assert (window["calls"], window["failures"]) == (8, 1)
+
+
+class FleetStandIn:
+    """A shared state whose Redis answers until the test says otherwise: while it does, the
+    fleet decides the trip, not this process's window."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.connected = True
+        self.on_change: object = None
+
+    def share_window(self, window: CallWindow) -> None:
+        pass
+
+    def fleet_window(self) -> WindowCounts | None:
+        return None
+
+    def seconds_until_trial(self) -> float:
+        return RESET_TIMEOUT
+
+
+async def test_totals_over_the_line_while_the_fleet_decides_trip_on_the_next_call_once_redis_is_gone() -> (
+    None
+):
+    policy = RatePolicy(window=10.0, min_calls=4, failure_rate=0.5)
+    machine = pybreaker.CircuitBreaker(fail_max=RATE_POLICY_FAIL_MAX)
+    fleet = FleetStandIn()
+    breaker = AsyncCircuitBreaker(machine, fleet, clock=FakeClock(0.0), policy=policy)  # type: ignore[arg-type]
+    for call in [ok, fail, fail, fail, ok]:  # 3 failures of 5: over the line, Redis decides
+        await outcome(breaker, call)
+    assert breaker.state == "closed"
+    fleet.connected = False
+    await outcome(breaker, ok)  # 3 failures of 6, a success: judged all the same
+    assert breaker.state == "open"
 
 
 async def test_the_window_starts_again_after_the_circuit_closes() -> None:

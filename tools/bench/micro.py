@@ -12,10 +12,11 @@ This project's breaker is measured under both its policies: `consecutive`
 slow-call rates over a window), each with memory state and with Redis state,
 and the rate policy's cost is also given as a ratio to the consecutive one's:
 per repeat in time (the two run one after the other), and in instructions.
-With Redis state the rate policy adds each call to a local count, which joins
-the fleet's window in Redis every 200 ms in the background; none of the timed
-calls yields to the event loop, so that flush is not in these figures (the
-service benchmark, `run.py`, has it in its CPU per request).
+With Redis state the rate policy counts each call in the breaker's own window,
+and every 200 ms the calls counted since join the fleet's window in Redis, in
+the background; none of the timed calls yields to the event loop, so that
+flush is not in these figures (the service benchmark, `run.py`, has it in its
+CPU per request).
 
 Two measures. Time, in microseconds: each repeat times the bare coroutine and
 then every breaker, one after the other, and the figure is the median over the
