@@ -25,7 +25,7 @@ from pathlib import Path
 import pybreaker
 import redis
 import uvicorn
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis, RedisCluster
 
@@ -79,15 +79,7 @@ OFFER_HEADERS = {
 # The reason of a fallback after an error no rule above names.
 UNEXPECTED_ERROR = "partner-unexpected-error"
 
-router = APIRouter()
 
-
-@router.get(
-    "/offer",
-    response_model=str,
-    summary="A hot offer from the partner, or a cold fallback",
-    responses={200: {"headers": OFFER_HEADERS}},
-)
 async def offer(request: Request) -> Response:
     """The partner's hot offer through the breaker; on any other outcome, a cold one."""
     state = request.app.state
@@ -115,14 +107,20 @@ async def offer(request: Request) -> Response:
         reason, outcome = UNEXPECTED_ERROR, "failure"
     else:
         state.observer.served("success")
-        return offer_response(hot, {"X-Offer-Source": "partner", "X-Call-Outcome": "success"}, breaker)
+        return OfferResponse(
+            json.dumps(hot).encode(), offer_head("partner", "success", None, breaker.state_name)
+        )
     state.observer.served(outcome, reason)
-    headers = {"X-Offer-Source": "fallback", "X-Call-Outcome": outcome, "X-Fallback-Reason": reason}
-    return offer_response(cold_offer(), headers, breaker)
+    return OfferResponse(cold_offer_body(), offer_head("fallback", outcome, reason, breaker.state_name))
 
 
 def cold_offer() -> str:
     return _cold_offer_at(int(time.time()))
+
+
+def cold_offer_body() -> bytes:
+    """The cold offer as the JSON string `/offer` answers."""
+    return _cold_offer_body_at(int(time.time()))
 
 
 @functools.lru_cache(maxsize=1)
@@ -132,11 +130,43 @@ def _cold_offer_at(second: int) -> str:
     return f"Cold offer fallback {time.strftime('%M:%S', time.localtime(second))}"
 
 
-def offer_response(offer: str, headers: dict[str, str], breaker: AsyncCircuitBreaker) -> Response:
-    # Built by hand rather than through a response model: this is the hot
-    # path, and the body is one JSON string.
-    headers["X-Circuit-State"] = breaker.state_name
-    return Response(json.dumps(offer), media_type="application/json", headers=headers)
+@functools.lru_cache(maxsize=1)
+def _cold_offer_body_at(second: int) -> bytes:
+    return json.dumps(_cold_offer_at(second)).encode()
+
+
+# Enough for every state, outcome and class of reason; a partner sending a new
+# status code on every answer only evicts the ones it sent before.
+HEADS_CACHED = 256
+
+
+@functools.lru_cache(maxsize=HEADS_CACHED)
+def offer_head(
+    source: str, outcome: str, reason: str | None, circuit: str
+) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers of an `/offer` answer, encoded: once per combination rather than for
+    every answer, as Starlette's `Response` would."""
+    headers = {"X-Offer-Source": source, "X-Call-Outcome": outcome}
+    if reason is not None:
+        headers["X-Fallback-Reason"] = reason
+    headers["X-Circuit-State"] = circuit
+    return tuple((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items())
+
+
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+
+
+class OfferResponse(Response):
+    """An offer, as a JSON string, with its headers already encoded (`offer_head`).
+
+    Built by hand rather than through a response model: this is the hot path,
+    and the body is one JSON string."""
+
+    def __init__(self, body: bytes, head: tuple[tuple[bytes, bytes], ...]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [*head, (b"content-length", str(len(body)).encode()), JSON_CONTENT_TYPE]
 
 
 def build_breaker(
@@ -254,9 +284,17 @@ def create_app(
     app.add_middleware(DeclaredBodyLimit, max_body_size=http_limits.MAX_BODY_BYTES)
     method_not_allowed.install(app)
     validation_errors.install(app)
-    # /offer first: Starlette tries routes in order, and the hot path should
-    # not pay for matching a dozen others first.
-    app.include_router(router)
+    # /offer first: Starlette tries routes in order, and the hot path should not pay
+    # for matching a dozen others first. On the app itself rather than through an
+    # included router, whose matching FastAPI does again for every request.
+    app.add_api_route(
+        "/offer",
+        offer,
+        methods=["GET"],
+        response_model=str,
+        summary="A hot offer from the partner, or a cold fallback",
+        responses={200: {"headers": OFFER_HEADERS}},
+    )
     app.include_router(circuit_routes.router)
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
