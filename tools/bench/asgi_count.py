@@ -1,6 +1,6 @@
 """Instructions per `GET /offer` at the ASGI level: the offer service beside its ceilings.
 
-    python tools/bench/asgi_count.py [--requests 1000] [--only open] [--profile]
+    python tools/bench/asgi_count.py [--requests 1000] [--only open] [--uvicorn | --profile]
 
 The apps are called directly (`await app(scope, receive, send)`), without a
 server or a socket, under `valgrind --tool=callgrind`: a count that is the
@@ -17,6 +17,13 @@ Two pairs, each the service against its ceiling (`baselines.py`):
 - healthy partner: the offer service and the raw aiohttp proxy, both asking a
   real partner (`partner_offer_service.py`, in a process of its own: its
   instructions are not counted).
+
+`--uvicorn` counts the whole server instead: each case is a uvicorn process
+under callgrind, counting only while a client outside it sends the requests
+(`UVICORN_CONNECTIONS` at a time), so uvicorn's share and the event loop's
+under concurrency are in the figure too. It is the closer of the two to
+`run.py`'s CPU per request; the ASGI count is the quicker one to read a
+change to the app by.
 
 `--profile` runs the same requests under cProfile instead, without valgrind,
 and prints each case's calls per request and its top functions by own time.
@@ -35,15 +42,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parents[1]))
 
-from tools.processes import free_port, uvicorn_service
+from tools.processes import free_port, uvicorn_service, wait_for
 
 # The child marks the start and end of every case's requests with this call: callgrind
 # dumps its counts on entering the C function behind it (`--dump-before=os_getppid`).
@@ -51,6 +60,11 @@ MARKER_FUNCTION = "os_getppid"
 OPEN_SERVICE, FALLBACK = "open: this project, memory state", "open: fallback only"
 HEALTHY_SERVICE, PROXY = "healthy: this project, memory state", "healthy: raw aiohttp proxy"
 PAIRS = ((OPEN_SERVICE, FALLBACK), (HEALTHY_SERVICE, PROXY))
+# Requests in flight for `--uvicorn`, as in run.py's load: the event loop batches more of
+# them in one turn, and the healthy ratio moves with it (0.63x with 10, 0.73x with 50).
+UVICORN_CONNECTIONS = 50
+# Starting Python under callgrind, even uninstrumented, takes a minute on a busy machine.
+UVICORN_START_SECONDS = 300.0
 REQUEST_HEADERS = [(b"host", b"127.0.0.1:8001"), (b"user-agent", b"bench"), (b"accept", b"*/*")]
 
 Asgi = Callable[..., Any]
@@ -133,16 +147,16 @@ async def requests(app: Asgi, count: int) -> None:
         await get(app)
 
 
-def chosen(apps: dict[str, Asgi], only: str) -> dict[str, Asgi]:
-    """The cases whose name holds `only`, and the cases they are compared with."""
-    names = {name for pair in PAIRS if any(only in name for name in pair) for name in pair}
-    return {name: app for name, app in apps.items() if name in names}
+def chosen(names: Iterable[str], only: str) -> list[str]:
+    """The cases whose name holds `only`, and the cases they are compared with, in order."""
+    pairs = [pair for pair in PAIRS if any(only in name for name in pair)]
+    return [name for name in names if any(name in pair for pair in pairs)]
 
 
 async def count_in_child(count: int, only: str) -> None:
     """Run under callgrind: every case's requests between two markers, after a warm-up."""
     async with cases() as every:
-        apps = chosen(every, only)
+        apps = {name: every[name] for name in chosen(every, only)}
         for app in apps.values():
             await requests(app, 200)
         gc.collect()
@@ -157,7 +171,8 @@ async def count_in_child(count: int, only: str) -> None:
 async def profile(count: int, top: int, only: str) -> None:
     """Each case's requests under cProfile: calls per request and the functions with most own time."""
     async with cases() as apps:
-        for name, app in chosen(apps, only).items():
+        for name in chosen(apps, only):
+            app = apps[name]
             await requests(app, 200)
             profiler = cProfile.Profile()
             profiler.enable()
@@ -198,6 +213,79 @@ def instructions(count: int, only: str) -> dict[str, float]:
         return {name: _total(Path(workdir, f"callgrind.out.{k + 2}")) / count for k, name in enumerate(names)}
 
 
+def uvicorn_instructions(count: int, only: str) -> dict[str, float]:
+    """Instructions per request of every case served by a uvicorn process under callgrind."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    quiet = {"LOG_LEVEL": "warning", "HTTPX_LOG_LEVEL": "warning", "CIRCUIT_RESET_TIMEOUT": "3600"}
+    apps = {
+        OPEN_SERVICE: "offer_service:app",
+        FALLBACK: "tools.bench.baselines:fallback_app",
+        HEALTHY_SERVICE: "offer_service:app",
+        PROXY: "tools.bench.baselines:aiohttp_proxy_app",
+    }
+    counts = {}
+    with uvicorn_service("partner_offer_service:app", env=quiet) as partner:
+        nowhere = f"http://127.0.0.1:{free_port()}"
+        for name in chosen(apps, only):
+            partner_url = nowhere if name in (OPEN_SERVICE, FALLBACK) else partner.url
+            counts[name] = _count_served(apps[name], {**quiet, "PARTNER_OFFER_URL": partner_url}, count, name)
+    return counts
+
+
+def _count_served(app: str, env: dict[str, str], count: int, name: str) -> float:
+    with tempfile.TemporaryDirectory(prefix="bench-uvicorn-") as workdir:
+        port = free_port()
+        valgrind = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={workdir}/cg.out",
+        ]
+        server = uvicorn_service(app, port, {**env, "PYTHONHASHSEED": "0"})
+        server.args = [*valgrind, *server.args]
+        with server.start(timeout=UVICORN_START_SECONDS):
+            assert server.process is not None
+            pid = str(server.process.pid)
+
+            def control(*args: str) -> None:
+                # With the server's environment: valgrind names the files it is reached
+                # through after $HOST, which the server has and this process may not.
+                subprocess.run(
+                    ["callgrind_control", *args, pid], check=True, capture_output=True, env=server.env
+                )
+
+            url = f"{server.url}/offer"
+            asyncio.run(load(url, 5, 1))  # opens the circuit with nobody at the partner's address
+            state = server.get("/offer").headers.get("x-circuit-state")
+            if name == OPEN_SERVICE and state != "open":
+                raise RuntimeError(f"the circuit is {state} after five failed calls, not open")
+            asyncio.run(load(url, 300, UVICORN_CONNECTIONS))  # warm, not counted
+            control("--instr=on")
+            asyncio.run(load(url, 100, UVICORN_CONNECTIONS))
+            control("--zero")
+            asyncio.run(load(url, count, UVICORN_CONNECTIONS))
+            control("--dump")
+            dumps = wait_for(lambda: list(Path(workdir).glob("cg.out.*")), 60, 0.1, "callgrind's dump")
+            return _total(dumps[0]) / count
+
+
+async def load(url: str, count: int, connections: int) -> None:
+    """`count` GETs of `url`, `connections` at a time, each answer read whole and required to be 200."""
+    left = count
+    async with aiohttp.ClientSession() as session:
+
+        async def client() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                async with session.get(url) as response:
+                    await response.read()
+                    response.raise_for_status()
+
+        await asyncio.gather(*(client() for _ in range(connections)))
+
+
 def _total(dump: Path) -> int:
     for line in dump.read_text().splitlines():
         if line.startswith("totals:"):
@@ -221,12 +309,17 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=1000, help="requests counted per case")
     parser.add_argument("--only", default="", help="the cases whose name holds this, and their ceilings")
+    parser.add_argument(
+        "--uvicorn", action="store_true", help="count uvicorn processes under a client's load"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile instead of callgrind")
     parser.add_argument("--top", type=int, default=25, help="functions shown per case with --profile")
     parser.add_argument("--count-in-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.count_in_child:
         asyncio.run(count_in_child(args.count_in_child, args.only))
+    elif args.uvicorn:
+        print(report(uvicorn_instructions(args.requests, args.only)))
     elif args.profile:
         asyncio.run(profile(args.requests, args.top, args.only))
     else:
