@@ -7,8 +7,7 @@ server or a socket, under `valgrind --tool=callgrind`: a count that is the
 same on a busy machine as on an idle one, so the figure to judge a change of
 the service's own path by, where `run.py`'s CPU per request moves with the
 neighbours' load. uvicorn's share (parsing the request, writing the answer)
-is not in it; it is about the same for every case, so the ratios here are
-further from 1 than `run.py`'s.
+and the event loop's are not in it: `--uvicorn` has them.
 
 Two pairs, each the service against its ceiling (`baselines.py`):
 
@@ -60,8 +59,8 @@ MARKER_FUNCTION = "os_getppid"
 OPEN_SERVICE, FALLBACK = "open: this project, memory state", "open: fallback only"
 HEALTHY_SERVICE, PROXY = "healthy: this project, memory state", "healthy: raw aiohttp proxy"
 PAIRS = ((OPEN_SERVICE, FALLBACK), (HEALTHY_SERVICE, PROXY))
-# Requests in flight for `--uvicorn`, as in run.py's load: the event loop batches more of
-# them in one turn, and the healthy ratio moves with it (0.63x with 10, 0.73x with 50).
+# Requests in flight for `--uvicorn`, as in run.py's load. The count moves with it (the
+# open case read 0.97x with 10, 0.90x with 50); with 50 it agreed with run.py's CPU per request.
 UVICORN_CONNECTIONS = 50
 # Starting Python under callgrind, even uninstrumented, takes a minute on a busy machine.
 UVICORN_START_SECONDS = 300.0
