@@ -100,10 +100,11 @@ class CircuitObserver(pybreaker.CircuitBreakerListener):
         cut-short call or a released permit; or cold because the call was not permitted."""
         self._calls[outcome].inc()
         if reason:
-            label = metrics.reason_label(reason)
-            fallbacks = self._fallbacks.get(label) or self._fallbacks.setdefault(
-                label, metrics.FALLBACKS.labels(label)
-            )
+            fallbacks = self._fallbacks.get(reason)
+            if fallbacks is None:
+                # Keyed by the reason itself, so that the label is worked out once per
+                # reason; a few hundred at most (`partner-status-` and three digits).
+                fallbacks = self._fallbacks[reason] = metrics.FALLBACKS.labels(metrics.reason_label(reason))
             fallbacks.inc()
         column = 1 if outcome == "success" else 3 if outcome == "not-permitted" else 2
         second = int(time.time())

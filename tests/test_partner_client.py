@@ -146,6 +146,35 @@ async def test_a_connection_reset_mid_body_is_a_connection_error() -> None:
         assert await reason_for(PartnerClient(client, settings.partner_timeout)) == "partner-connection-error"
 
 
+async def test_a_partner_setting_cookies_fills_no_jar() -> None:
+    """A partner may set a new cookie on every answer: none is kept, so memory does not grow with them."""
+    answers = 0
+
+    async def cookie_per_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answers
+        while not reader.at_eof():
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            answers += 1
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n"
+                + f"Set-Cookie: c{answers}=v; Path=/\r\n\r\nHot offer".encode()
+            )
+            await writer.drain()
+
+    server = await asyncio.start_server(cookie_per_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = OfferSettings(partner_offer_url=f"http://127.0.0.1:{port}", partner_timeout=2)
+    async with server, http_client(settings) as client:
+        partner = PartnerClient(client, settings.partner_timeout)
+        for _ in range(5):
+            assert await partner.fetch_hot_offer() == "Hot offer"
+        assert answers == 5
+        assert len(client.cookies.jar) == 0
+
+
 @pytest.mark.parametrize(
     ("encoding", "body"),
     [
