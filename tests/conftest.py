@@ -80,11 +80,12 @@ async def fleet(redis_server: RedisServer) -> AsyncIterator[Fleet]:
     ) -> AsyncCircuitBreaker:
         values: dict[str, object] = {"circuit_fail_max": 3, **settings}
         options = {"clock": clock} if clock else {}
+        config = OfferSettings(**values)
         breaker = build_breaker(
-            OfferSettings(**values),
+            config,
             # As the service starts: tried again until Redis answers (a delay proxy on a
             # loaded machine can overrun the 0.25 s of a single try).
-            await reach_redis(url or redis_server.url),
+            await reach_redis(url or redis_server.url, config.redis_startup_seconds),
             **options,  # type: ignore[arg-type]
         )
         assert breaker.shared is not None

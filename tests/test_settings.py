@@ -59,6 +59,9 @@ BAD_OFFER_SETTINGS = [
     ("CIRCUIT_RETRY_AFTER_MAX", "-1", "from 0 (ignore them) to 600"),
     ("CIRCUIT_RETRY_AFTER_MAX", "forever", "from 0 (ignore them) to 600"),
     ("CIRCUIT_RETRY_AFTER_MAX", "86400", "from 0 (ignore them) to 600"),
+    ("REDIS_STARTUP_SECONDS", "0", "a number > 0 and <= 86400"),
+    ("REDIS_STARTUP_SECONDS", "forever", "a number > 0 and <= 86400"),
+    ("REDIS_STARTUP_SECONDS", "1e6", "a number > 0 and <= 86400"),
     ("REDIS_URL", "redis://127.0.0.1:99999/0", "(invalid port number)"),
     ("REDIS_URL", "redis://red is:6379/0", "(invalid domain character)"),
     ("REDIS_URL", "localhost:6379", "a redis:// URL"),
@@ -154,11 +157,13 @@ def test_a_service_started_with_a_bad_setting_prints_one_line_and_no_traceback(s
 
 
 def test_an_unreachable_redis_at_start_up_is_one_line() -> None:
+    """The line names the setting that would have waited longer, with the wait it had."""
     url = f"redis://127.0.0.1:{free_port()}/0"
     result = subprocess.run(
         [sys.executable, "offer_service.py"],
         cwd=PROJECT_DIR,
-        env={"PATH": "/usr/bin:/bin", "REDIS_URL": url},
+        # Nothing listens there: 0.5 s of tries (the default 10 s would only wait longer).
+        env={"PATH": "/usr/bin:/bin", "REDIS_URL": url, "REDIS_STARTUP_SECONDS": "0.5"},
         capture_output=True,
         text=True,
         timeout=30,
@@ -166,7 +171,9 @@ def test_an_unreachable_redis_at_start_up_is_one_line() -> None:
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith(f"error: REDIS_URL='{url}' is unreachable: ")
+    assert lines[0].startswith(
+        f"error: REDIS_URL='{url}' is unreachable after 0.5 s of tries (REDIS_STARTUP_SECONDS): "
+    ), lines[0]
 
 
 def test_credentials_in_the_partner_url_are_refused_and_never_printed(
@@ -245,7 +252,7 @@ HOSTILE_VALUES = [
     ("offer", "PARTNER_OFFER_URL", "http://127.0.0.1:abc", "is invalid"),
     ("offer", "PARTNER_OFFER_URL", "http://partner .example", "is invalid"),
     ("offer", "PARTNER_OFFER_URL", "http://user:pw@127.0.0.1:8000", "is invalid"),
-    ("offer", "REDIS_URL", "<unreachable>", "is unreachable: "),
+    ("offer", "REDIS_URL", "<unreachable>", "is unreachable after 0.5 s of tries"),
     ("offer", "REDIS_URL", "<not redis>", "does not answer as a Redis server: "),
     ("offer", "REDIS_URL", "<echo>", "does not answer as a Redis server: "),
     ("offer", "PARTNER_OFFER_URL", "http://[::1", "is invalid"),
@@ -277,7 +284,13 @@ def test_a_hostile_setting_stops_every_start_method_with_one_line(
     elif value == "<echo>":
         value = echo_server
     shown = value.replace(":pw@", ":***@")
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PORT": str(port), variable: value}
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "PORT": str(port),
+        # An unreachable Redis is given up on after half a second, not the default 10 s.
+        "REDIS_STARTUP_SECONDS": "0.5",
+        variable: value,
+    }
     result = subprocess.run(
         start_command(method, service, port),
         cwd=PROJECT_DIR,
