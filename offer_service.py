@@ -218,7 +218,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     breaker.add_listener(app.state.observer)
     if shared:
-        await shared.start()
+        await start_shared_state(shared, settings)
     try:
         async with app.state.client_factory(settings) as client:
             app.state.http_client = client
@@ -294,6 +294,22 @@ async def reach_redis(url: str, patience: float) -> Redis | RedisCluster:
             raise settings_module.SettingsError(redis_error_line(url, exc, unreachable=False)) from None
         await asyncio.sleep(pause)
         pause = min(pause * 2, 1.0)
+
+
+async def start_shared_state(shared: SharedCircuitState, settings: OfferSettings) -> None:
+    """The shared state's first load, tried again as `reach_redis` tries to connect. Its one
+    round trip has the breaker's short timeout too: beside a Redis 0.2 s away on a loaded
+    machine, a single try ended start-up with a traceback ("Timeout reading from ...")."""
+    assert settings.redis_url is not None
+    deadline = time.monotonic() + settings.redis_startup_seconds
+    while True:
+        try:
+            return await shared.start()
+        except UNREACHABLE as exc:
+            if time.monotonic() >= deadline:
+                line = redis_error_line(settings.redis_url, exc, True, settings.redis_startup_seconds)
+                raise settings_module.SettingsError(line) from None
+        await asyncio.sleep(0.1)
 
 
 def redis_error_line(url: str, exc: BaseException, unreachable: bool, patience: float = 0.0) -> str:

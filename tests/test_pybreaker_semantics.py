@@ -28,13 +28,13 @@ from service.partner_client import PartnerDeclined
 from service.redis_connection import single_server
 from service.redis_state import SharedCircuitState
 from service.settings import OfferSettings
-from tests.breakers import eventually
+from tests.breakers import PATIENCE, eventually
 from tests.fake_clock import FakeClock
 from tests.partner_stand_ins import PartnerDown, fail, ok
 from tools.processes import RedisServer
 
 CIRCUIT, TRIAL = f"{{{BREAKER_NAME}}}:circuit", f"{{{BREAKER_NAME}}}:trial"
-BOUND = 5.0
+BOUND = PATIENCE  # every wait on the shared state: tests/breakers.py says why
 
 
 class Backend:

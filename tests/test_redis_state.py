@@ -38,7 +38,7 @@ async def test_a_trip_on_one_instance_reaches_another_by_pub_sub(
     first, second = await fleet(), await fleet()
     await trip(first)
     assert first.state_name == "open"
-    await eventually(lambda: second.state_machine.state.name == "open", within=5, what="the trip heard")
+    await eventually(lambda: second.state_machine.state.name == "open", what="the trip heard")
     with pytest.raises(NotPermitted, match="circuit-open"):
         await second.call(ok)
     assert second.snapshot()["fail_counter"] == FAIL_MAX
@@ -163,7 +163,7 @@ async def test_redis_outage_is_survived_and_the_open_circuit_wins_on_recovery(
     assert len(lost) == 1
 
     redis_server.restart()  # comes back empty: closed, as far as Redis knows
-    await eventually(lambda: breaker.shared.connected, within=5)  # type: ignore[union-attr]
+    await eventually(lambda: breaker.shared.connected)  # type: ignore[union-attr]
     client = redis.Redis.from_url(redis_server.url)
     assert client.hget(CIRCUIT, "state") == b"open"
     assert breaker.state_name == "open"
@@ -183,7 +183,7 @@ async def test_a_redis_cluster_shares_the_circuit_and_its_one_trial(
         await breaker.shared.start()
     try:
         await trip(breakers[0])
-        await eventually(lambda: breakers[1].state == "open", within=3, what="trip heard")
+        await eventually(lambda: breakers[1].state == "open", what="trip heard")
         await reset_timeout_passed(*breakers)
         calls = 0
 

@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
-from offer_service import build_breaker, create_app
+from offer_service import build_breaker, create_app, reach_redis, start_shared_state
 from service import settings
 from service.settings import OfferSettings, PartnerSettings
+from tests.breakers import shared
 from tests.fake_clock import FakeClock
 from tools.processes import PROJECT_DIR, RedisServer, free_port
 
@@ -371,3 +373,21 @@ async def test_start_up_waits_for_a_redis_that_comes_up_late(redis_binary: str, 
     finally:
         await late
         server.stop()
+
+
+@pytest.mark.timeout(30)
+async def test_start_up_waits_for_a_redis_too_slow_for_its_first_load(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """The first load of the shared state is one round trip with the breaker's 0.25 s
+    timeout: beside a Redis 0.2 s away on a loaded machine, one try ended start-up with a
+    traceback. Here Redis holds every other client's commands for a second (CLIENT PAUSE)."""
+    config = OfferSettings(redis_url=redis_server.url)
+    breaker = build_breaker(config, await reach_redis(redis_server.url, config.redis_startup_seconds))
+    state = shared(breaker)
+    redis_client.client_pause(1000)
+    try:
+        await start_shared_state(state, config)
+        assert state.connected
+    finally:
+        await state.stop()
