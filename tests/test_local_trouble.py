@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from service.partner_client import LocalResourceError, OncePerBurst, PartnerClient, PartnerFailure
+from tests.breakers import PATIENCE
 from tools.processes import RedisServer, Service, uvicorn_service, wait_for, with_open_files_limit
 
 OPEN_FILES_LIMIT = 48
@@ -59,7 +60,7 @@ async def test_a_call_past_the_connection_limit_fails_at_once_as_local() -> None
         return httpx.Response(200, stream=httpx.ByteStream(b"Hot offer 00:00"))
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://partner")
-    partner = PartnerClient(client, timeout=5, max_connections=1)
+    partner = PartnerClient(client, timeout=PATIENCE, max_connections=1)
     holder = asyncio.create_task(partner.fetch_hot_offer())
     await asyncio.sleep(0.05)
     started = time.monotonic()
@@ -184,7 +185,7 @@ def test_a_starved_instance_does_not_open_the_fleets_circuit(
         answers = flood(short)
         print(answers)
         assert answers["local-resource-exhausted"] >= 3
-        wait_for(lines_with(short, FIRST_LINE), timeout=5, what="the local trouble logged")
+        wait_for(lines_with(short, FIRST_LINE), timeout=PATIENCE, what="the local trouble logged")
         for instance in (healthy, short):
             assert_closed_with_nothing_counted(instance)
         assert healthy.get("/offer").headers["x-offer-source"] == "partner"

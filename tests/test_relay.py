@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from service.chaos_relay import MAX_CHAOS_BYTES
+from tests.breakers import PATIENCE
 from tests.partner_stand_ins import (
     Behaviour,
     HostilePartner,
@@ -182,7 +183,9 @@ async def test_dripping_answers_hold_no_request_or_file_past_the_deadline(
     assert [a.status_code for a in answers] == [502] * 100
     # 100 requests on a 2-core machine shared with the stand-in partner: one deadline, plus room.
     assert elapsed < PARTNER_TIMEOUT + 3
-    wait_for(lambda: service.num_fds() <= files_before + 5, timeout=5, what="open files back to their level")
+    wait_for(
+        lambda: service.num_fds() <= files_before + 5, timeout=PATIENCE, what="open files back to their level"
+    )
 
 
 def test_an_unreachable_partner_is_a_502_naming_no_host(tmp_path: Path) -> None:
