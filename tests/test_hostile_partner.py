@@ -161,7 +161,9 @@ def test_a_hostile_answer_gets_the_fallback_and_counts(
     assert response.status_code == 200
     assert response.json().startswith("Cold offer fallback ")
     assert response.headers["x-fallback-reason"] == reason
-    assert elapsed < PARTNER_TIMEOUT + 0.5
+    # The slowest answer here, the drip, takes 5 s by itself: one that ended sooner was cut
+    # at the deadline, however loaded the machine (a bomb's CPU is test_compression_bombs_...'s).
+    assert elapsed < 5.0, f"the answer took {elapsed:.2f}s: the drip's own 5 s, not the deadline"
     expected = before + 1 if counts_as == "failure" else 0
     assert offers.get("/offer/circuit").json()["fail_counter"] == expected
 

@@ -133,7 +133,9 @@ def test_a_bad_answer_is_a_clean_502(hostile: HostilePartner, offers: Service, b
     assert response.status_code == 502
     assert response.json() == {"detail": "the partner's chaos controls gave no usable answer"}
     assert_safe(response, hostile)
-    assert elapsed < PARTNER_TIMEOUT + 0.5
+    # The slowest answer here, the drip, takes 5 s by itself: one that ended sooner was cut
+    # at the deadline, however loaded the machine (a bomb's CPU is test_compression_bombs_...'s).
+    assert elapsed < 5.0, f"the answer took {elapsed:.2f}s: the drip's own 5 s, not the deadline"
 
 
 @pytest.mark.parametrize("encoding", [None, "gzip"])
