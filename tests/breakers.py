@@ -65,7 +65,10 @@ async def reached(event: asyncio.Event, call: asyncio.Task[object], what: str = 
         return
     waiting.cancel()
     if call in done:
-        ended = repr(call.exception()) if call.exception() else f"returned {call.result()!r}"
+        if call.cancelled():
+            ended = "cancelled"
+        else:
+            ended = repr(call.exception()) if call.exception() else f"returned {call.result()!r}"
         raise AssertionError(f"{what} never reached the partner: it ended first, {ended}")
     raise AssertionError(f"{what} did not reach the partner within {PATIENCE}s")
 
