@@ -89,23 +89,27 @@ def test_after_the_reset_timeout_exactly_one_trial_reaches_the_partner(
         what="reset timeout passed",
     )
 
-    async def burst() -> list[httpx.Response]:
+    async def burst() -> tuple[list[httpx.Response], float]:
         limits = httpx.Limits(max_connections=100)
         async with httpx.AsyncClient(timeout=10, limits=limits) as client:
             started = time.monotonic()
             responses = await asyncio.gather(
                 *(client.get(f"{instances[i % 2].url}/offer") for i in range(100))
             )
-            # All inside one reset timeout from the failed trial, or a second trial would be
-            # right. (On a busy machine 100 requests can take over a second.)
-            assert time.monotonic() - started < RESET_TIMEOUT
-            return responses
+            return responses, time.monotonic() - started
 
-    responses = asyncio.run(burst())
+    responses, elapsed = asyncio.run(burst())
     assert all(response.status_code == 200 for response in responses)
-    assert editable_partner.requests_received() == received + 1
+    # One trial per open period: the failed trial opens the circuit for RESET_TIMEOUT again,
+    # so a burst that a loaded machine stretches past it rightly lets one more through.
+    # Without the fleet's lease, dozens of the 100 concurrent requests would be trials.
+    periods = 1 + int(elapsed // RESET_TIMEOUT)
+    trials = editable_partner.requests_received() - received
+    assert 1 <= trials <= periods, (
+        f"{trials} trials reached the partner in {elapsed:.1f}s ({periods} periods)"
+    )
     reasons = [response.headers["x-fallback-reason"] for response in responses]
-    assert reasons.count("partner-status-500") == 1
+    assert reasons.count("partner-status-500") == trials
 
 
 def test_killing_redis_under_load_serves_every_request_and_the_fleet_converges_after(
@@ -205,7 +209,9 @@ def test_instances_whose_wall_clocks_are_30_s_off_keep_the_open_period_and_make_
     env = {
         "PARTNER_OFFER_URL": editable_partner.url,
         "REDIS_URL": redis_server.url,
-        "CIRCUIT_RESET_TIMEOUT": "10",
+        # Longer than 400 requests take on a loaded machine (10 s was not): the open period
+        # must outlast them.
+        "CIRCUIT_RESET_TIMEOUT": "60",
         # libfaketime moves the wall clock only: the event loop's monotonic clock stays true.
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
     }
@@ -221,7 +227,7 @@ def test_instances_whose_wall_clocks_are_30_s_off_keep_the_open_period_and_make_
         for service in skewed:
             wait_for(lambda s=service: state_of(s) == "open", timeout=PATIENCE, what="open on both")
             left = service.get("/offer/circuit").json()["seconds_until_trial"]
-            assert 8 < left <= 10  # neither 30 s longer nor already over
+            assert 50 < left <= 60, left  # neither 30 s longer nor 30 s shorter
         before = script_calls(redis)
         started = time.monotonic()
         with httpx.Client(timeout=10) as client:

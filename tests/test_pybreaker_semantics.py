@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from circuit_breaker import AsyncCircuitBreaker, CutShort, NotPermitted
-from offer_service import BREAKER_NAME, build_breaker
+from offer_service import BREAKER_NAME, build_breaker, start_shared_state
 from service.partner_client import PartnerDeclined
 from service.redis_connection import single_server
 from service.redis_state import SharedCircuitState
@@ -60,7 +60,8 @@ class Backend:
             shared = SharedCircuitState(
                 single_server(self.server.url), BREAKER_NAME, fail_max, reset_timeout, 30, clock
             )
-            await shared.start()
+            # Tried again as the service tries it: one try can time out on a loaded machine.
+            await start_shared_state(shared, OfferSettings(redis_url=self.server.url))
             self.made.append(shared)
             options["state_storage"] = shared
         breaker = pybreaker.CircuitBreaker(

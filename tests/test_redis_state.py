@@ -12,7 +12,7 @@ import redis
 from redis.asyncio import RedisCluster
 
 from circuit_breaker import AsyncCircuitBreaker, CutShort, NotPermitted
-from offer_service import build_breaker
+from offer_service import build_breaker, start_shared_state
 from service import redis_state
 from service.redis_connection import connect
 from service.settings import OfferSettings
@@ -174,13 +174,15 @@ async def test_redis_outage_is_survived_and_the_open_circuit_wins_on_recovery(
 async def test_a_redis_cluster_shares_the_circuit_and_its_one_trial(
     redis_cluster: RedisClusterServers,
 ) -> None:
-    settings = OfferSettings(circuit_fail_max=FAIL_MAX, circuit_reset_timeout=0.3)
+    settings = OfferSettings(
+        circuit_fail_max=FAIL_MAX, circuit_reset_timeout=0.3, redis_url=redis_cluster.url
+    )
     clients = [await connect(redis_cluster.url) for _ in range(2)]
     assert all(isinstance(client, RedisCluster) for client in clients)
     breakers = [build_breaker(settings, client) for client in clients]
     for breaker in breakers:
         assert breaker.shared is not None
-        await breaker.shared.start()
+        await start_shared_state(breaker.shared, settings)  # as the service starts it
     try:
         await trip(breakers[0])
         await eventually(lambda: breakers[1].state == "open", what="trip heard")
