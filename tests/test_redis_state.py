@@ -12,9 +12,8 @@ import redis
 from redis.asyncio import RedisCluster
 
 from circuit_breaker import AsyncCircuitBreaker, CutShort, NotPermitted
-from offer_service import build_breaker, start_shared_state
+from offer_service import build_breaker, reach_redis, start_shared_state
 from service import redis_state
-from service.redis_connection import connect
 from service.settings import OfferSettings
 from tests.breakers import CIRCUIT, eventually, script_calls, trip
 from tests.conftest import Fleet
@@ -177,7 +176,8 @@ async def test_a_redis_cluster_shares_the_circuit_and_its_one_trial(
     settings = OfferSettings(
         circuit_fail_max=FAIL_MAX, circuit_reset_timeout=0.3, redis_url=redis_cluster.url
     )
-    clients = [await connect(redis_cluster.url) for _ in range(2)]
+    # As the service connects: tried again, since one try can time out on a loaded machine.
+    clients = [await reach_redis(redis_cluster.url, settings.redis_startup_seconds) for _ in range(2)]
     assert all(isinstance(client, RedisCluster) for client in clients)
     breakers = [build_breaker(settings, client) for client in clients]
     for breaker in breakers:
