@@ -28,7 +28,8 @@ demo: $(VENV)/.runtime
 	@echo "Open the dashboard: http://127.0.0.1:8001/  (then curl 127.0.0.1:8001/offer, or make scenario)"
 	WORKERS=$(WORKERS) $(BIN)/honcho start
 
-## test: every behaviour, unit and end to end against real processes and a real redis-server (~3 min)
+## test: every behaviour, unit and end to end against real processes and a real redis-server
+## (measured times in docs/tests.md)
 ## Four workers on two cores, each taking the next test as it frees up (with a file each, one long
 ## file held the run): the tests mostly wait on the processes they start, so two workers left the
 ## CPU idle half the time. TEST_WORKERS=N for another count.
