@@ -28,17 +28,22 @@ demo: $(VENV)/.runtime
 	@echo "Open the dashboard: http://127.0.0.1:8001/  (then curl 127.0.0.1:8001/offer, or make scenario)"
 	WORKERS=$(WORKERS) $(BIN)/honcho start
 
-## test: every behaviour, unit and end to end against real processes and a real redis-server (~3 min)
-## Two workers, each taking the next test as it frees up: with a file each, one long file held the run.
+## test: every behaviour, unit and end to end against real processes and a real redis-server
+## (measured times in docs/tests.md)
+## Four workers on two cores, each taking the next test as it frees up (with a file each, one long
+## file held the run): the tests mostly wait on the processes they start, so two workers left the
+## CPU idle half the time. TEST_WORKERS=N for another count.
 test: $(VENV)/.dev
-	$(call pytest_run,-m "not long")
+	$(call pytest_run,-m "not long",$(TEST_WORKERS))
 
-## test-long: what only long runs show: the chaos soak, the benchmark's smoke run, the full-size fleet model
+## test-long: what only long runs show: the chaos soak, the benchmark's smoke run, the full-size fleet model;
+## two workers, since these few tests keep the CPU busy themselves
 test-long: $(VENV)/.dev
-	$(call pytest_run,-m long)
+	$(call pytest_run,-m long,2)
 
+TEST_WORKERS ?= 4
 # pytest exits 5 when it collected nothing (a marker or a path gone wrong): a failure, said so.
-pytest_run = $(BIN)/python -m pytest -n 2 --dist worksteal $(1) \
+pytest_run = $(BIN)/python -m pytest -n $(2) --dist worksteal $(1) \
 	|| { status=$$?; [ $$status -ne 5 ] || echo 'error: pytest collected no tests ($(1))' >&2; exit $$status; }
 
 ## test-versions: the breaker, shared-state and end-to-end tests on every other Python the README

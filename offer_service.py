@@ -280,7 +280,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     for line in settings_module.combination_warnings(settings):
         log.warning("%s", line)
     http_limits.warn_of_limits_not_in_force()
-    redis_client = await reach_redis(settings.redis_url) if settings.redis_url else None
+    redis_client = (
+        await reach_redis(settings.redis_url, settings.redis_startup_seconds) if settings.redis_url else None
+    )
     breaker = app.state.breaker = build_breaker(settings, redis_client, not_counted=(LocalResourceError,))
     shared = breaker.shared if isinstance(breaker.shared, SharedCircuitState) else None
     app.state.observer = CircuitObserver(BREAKER_NAME)
@@ -289,7 +291,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     breaker.add_listener(app.state.observer)
     if shared:
-        await shared.start()
+        await start_shared_state(shared, settings)
     try:
         async with app.state.client_factory(settings) as client:
             app.state.http_client = client
@@ -349,20 +351,14 @@ def create_app(
 app = create_app()
 
 
-# How long start-up waits for Redis to answer, trying again all the while. Each try
-# has the breaker's own short timeouts (redis_state.REDIS_TIMEOUT, 0.25 s), which a
-# loaded machine overruns now and then: a single try said "unreachable: Timeout
-# reading from ..." beside a healthy Redis. A deployment starts under load, often
-# beside a Redis that is starting too; ten seconds is dozens of tries, and still
-# short enough for a wrong URL to be reported while someone is watching.
-REDIS_STARTUP_SECONDS = 10.0
 # Errors that may pass: Redis not listening yet, or too slow this once.
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
-async def reach_redis(url: str, patience: float = REDIS_STARTUP_SECONDS) -> Redis | RedisCluster:
-    """A client of the Redis at `url`, tried until it answers for up to `patience` seconds,
-    or `SettingsError` with one line: unreachable, or something that is not Redis answering."""
+async def reach_redis(url: str, patience: float) -> Redis | RedisCluster:
+    """A client of the Redis at `url`, tried until it answers for up to `patience` seconds
+    (REDIS_STARTUP_SECONDS), or `SettingsError` with one line: unreachable, or something
+    that is not Redis answering."""
     deadline = time.monotonic() + patience
     pause = 0.05
     while True:
@@ -372,7 +368,9 @@ async def reach_redis(url: str, patience: float = REDIS_STARTUP_SECONDS) -> Redi
             raise settings_module.SettingsError(redis_error_line(url, exc, unreachable=False)) from None
         except UNREACHABLE as exc:
             if redis_connection.tls_failure(exc) or time.monotonic() + pause > deadline:
-                raise settings_module.SettingsError(redis_error_line(url, exc, unreachable=True)) from None
+                raise settings_module.SettingsError(
+                    redis_error_line(url, exc, unreachable=True, patience=patience)
+                ) from None
         except Exception as exc:
             # An echo server or an HTTP server on that port: redis-py fails in its parser,
             # sometimes with an AttributeError of its own. Not Redis, whatever it raised.
@@ -381,22 +379,39 @@ async def reach_redis(url: str, patience: float = REDIS_STARTUP_SECONDS) -> Redi
         pause = min(pause * 2, 1.0)
 
 
-def redis_error_line(url: str, exc: BaseException, unreachable: bool) -> str:
-    """The one line that stops start-up when Redis does not answer, or something else does."""
+async def start_shared_state(shared: SharedCircuitState, settings: OfferSettings) -> None:
+    """The shared state's first load, tried again as `reach_redis` tries to connect. Its one
+    round trip has the breaker's short timeout too: beside a Redis 0.2 s away on a loaded
+    machine, a single try ended start-up with a traceback ("Timeout reading from ...")."""
+    assert settings.redis_url is not None
+    deadline = time.monotonic() + settings.redis_startup_seconds
+    while True:
+        try:
+            return await shared.start()
+        except UNREACHABLE as exc:
+            if time.monotonic() >= deadline:
+                line = redis_error_line(settings.redis_url, exc, True, settings.redis_startup_seconds)
+                raise settings_module.SettingsError(line) from None
+        await asyncio.sleep(0.1)
+
+
+def redis_error_line(url: str, exc: BaseException, unreachable: bool, patience: float = 0.0) -> str:
+    """The one line that stops start-up when Redis does not answer, or something else does;
+    an unreachable one names the setting that would wait longer."""
     shown = settings_module.without_password(url)
     if tls := redis_connection.tls_failure(exc):
         return f"error: REDIS_URL={shown!r}: {tls}"
     if unreachable:
-        return f"error: REDIS_URL={shown!r} is unreachable: {exc}"
+        return f"error: REDIS_URL={shown!r} is unreachable after {patience:g} s of tries (REDIS_STARTUP_SECONDS): {exc}"
     return f"error: REDIS_URL={shown!r} does not answer as a Redis server: {str(exc)[:200] or type(exc).__name__}"
 
 
-def check_redis(url: str) -> None:
+def check_redis(url: str, patience: float) -> None:
     """Stop before uvicorn starts (and its reloader, or its workers) with one line, rather than
     a traceback from each process, when Redis does not answer; the lifespan checks again."""
 
     async def reach_and_close() -> None:
-        client = await reach_redis(url)
+        client = await reach_redis(url, patience)
         await client.aclose()
 
     asyncio.run(reach_and_close())
@@ -431,5 +446,5 @@ def serve(config: OfferSettings) -> None:
 if __name__ == "__main__":
     settings_in_use: OfferSettings = app.state.settings
     if settings_in_use.redis_url:
-        check_redis(settings_in_use.redis_url)
+        check_redis(settings_in_use.redis_url, settings_in_use.redis_startup_seconds)
     serve(settings_in_use)

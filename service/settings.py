@@ -169,6 +169,19 @@ class OfferSettings(_ServiceSettings):
             " for Sentinel), or unset for memory state"
         ),
     )
+    # How long start-up keeps trying Redis (the connection, then the shared state's first
+    # load) before it stops with one line. Each try has the breaker's own short timeouts
+    # (redis_state.REDIS_TIMEOUT, 0.25 s), which a loaded machine overruns now and then: a
+    # single try said "unreachable: Timeout reading from ..." beside a healthy Redis. A
+    # deployment starts under load, often beside a Redis that is starting too; ten seconds is
+    # dozens of tries, and still short enough for a wrong URL to be reported while someone is
+    # watching.
+    redis_startup_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=A_DAY,
+        description="seconds start-up keeps trying to reach Redis, a number > 0 and <= 86400",
+    )
     workers: int = Field(
         1, ge=1, le=64, description="uvicorn worker processes for `python offer_service.py`, 1-64"
     )

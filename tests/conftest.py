@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from circuit_breaker import AsyncCircuitBreaker
-from offer_service import build_breaker, reach_redis
+from offer_service import build_breaker, reach_redis, start_shared_state
 from service.settings import OfferSettings
 from tools.processes import EditablePartner, RedisClusterServers, RedisServer, redis_server_binary
 
@@ -78,17 +78,19 @@ async def fleet(redis_server: RedisServer) -> AsyncIterator[Fleet]:
     async def make(
         url: str | None = None, clock: Callable[[], float] | None = None, **settings: object
     ) -> AsyncCircuitBreaker:
-        values: dict[str, object] = {"circuit_fail_max": 3, **settings}
+        values: dict[str, object] = {"circuit_fail_max": 3, "redis_url": url or redis_server.url, **settings}
         options = {"clock": clock} if clock else {}
+        config = OfferSettings(**values)
+        assert config.redis_url is not None
         breaker = build_breaker(
-            OfferSettings(**values),
-            # As the service starts: tried again until Redis answers (a delay proxy on a
-            # loaded machine can overrun the 0.25 s of a single try).
-            await reach_redis(url or redis_server.url),
+            config,
+            # As the service starts: the connection and the first load tried again until
+            # Redis answers (a delay proxy on a loaded machine can overrun the 0.25 s of a try).
+            await reach_redis(config.redis_url, config.redis_startup_seconds),
             **options,  # type: ignore[arg-type]
         )
         assert breaker.shared is not None
-        await breaker.shared.start()
+        await start_shared_state(breaker.shared, config)
         made.append(breaker)
         return breaker
 

@@ -23,13 +23,13 @@ from circuit_breaker import (
     RatePolicy,
     TrialExpired,
 )
-from tests.breakers import CIRCUIT, eventually
+from tests.breakers import CIRCUIT, PATIENCE, eventually
 from tests.conftest import Fleet
 from tests.fake_clock import FakeClock
 from tests.partner_stand_ins import PartnerDown, fail, ok
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-BOUND = 5.0
+BOUND = PATIENCE  # every wait on the shared state: tests/breakers.py says why
 
 
 @pytest.mark.timeout(120)

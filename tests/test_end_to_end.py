@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.breakers import PATIENCE
 from tools.processes import EditablePartner, Service, free_port, script_service, uvicorn_service, wait_for
 
 RESET_TIMEOUT = 2.0  # short, so no test sleeps through the default 15 s
@@ -78,7 +79,7 @@ def test_the_walkthrough_story(
     # After the reset timeout one trial call reaches the partner; it fails, the circuit opens again.
     wait_for(
         lambda: offer(offers).headers["x-fallback-reason"] == "partner-status-500",
-        timeout=RESET_TIMEOUT + 3,
+        timeout=RESET_TIMEOUT + PATIENCE,
         what="half-open trial call",
     )
     assert editable_partner.requests_received() == received + 1
@@ -88,7 +89,7 @@ def test_the_walkthrough_story(
     editable_partner.set_status(200)
     wait_for(
         lambda: offer(offers).headers["x-offer-source"] == "partner",
-        timeout=RESET_TIMEOUT + 3,
+        timeout=RESET_TIMEOUT + PATIENCE,
         what="circuit closed again",
     )
     state = circuit(offers)

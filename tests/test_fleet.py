@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis as redis_module
 
-from tests.breakers import script_calls
+from tests.breakers import PATIENCE, script_calls
 from tools.processes import (
     EditablePartner,
     RedisClusterServers,
@@ -64,7 +64,9 @@ def test_a_circuit_tripped_through_one_instance_protects_the_partner_from_all(
     first, second = instances
     editable_partner.set_status(500)
     trip_through(first)
-    wait_for(lambda: state_of(second) == "open", timeout=3, what="second instance sees the open circuit")
+    wait_for(
+        lambda: state_of(second) == "open", timeout=PATIENCE, what="second instance sees the open circuit"
+    )
     received = editable_partner.requests_received()
     for _ in range(10):
         response = second.get("/offer")
@@ -79,31 +81,35 @@ def test_after_the_reset_timeout_exactly_one_trial_reaches_the_partner(
     editable_partner.set_status(500)
     trip_through(instances[0])
     for service in instances:
-        wait_for(lambda s=service: state_of(s) == "open", timeout=3, what="open everywhere")
+        wait_for(lambda s=service: state_of(s) == "open", timeout=PATIENCE, what="open everywhere")
     received = editable_partner.requests_received()
     wait_for(
         lambda: all(s.get("/offer/circuit").json()["seconds_until_trial"] == 0 for s in instances),
-        timeout=RESET_TIMEOUT + 3,
+        timeout=RESET_TIMEOUT + PATIENCE,
         what="reset timeout passed",
     )
 
-    async def burst() -> list[httpx.Response]:
+    async def burst() -> tuple[list[httpx.Response], float]:
         limits = httpx.Limits(max_connections=100)
         async with httpx.AsyncClient(timeout=10, limits=limits) as client:
             started = time.monotonic()
             responses = await asyncio.gather(
                 *(client.get(f"{instances[i % 2].url}/offer") for i in range(100))
             )
-            # All inside one reset timeout from the failed trial, or a second trial would be
-            # right. (On a busy machine 100 requests can take over a second.)
-            assert time.monotonic() - started < RESET_TIMEOUT
-            return responses
+            return responses, time.monotonic() - started
 
-    responses = asyncio.run(burst())
+    responses, elapsed = asyncio.run(burst())
     assert all(response.status_code == 200 for response in responses)
-    assert editable_partner.requests_received() == received + 1
+    # One trial per open period: the failed trial opens the circuit for RESET_TIMEOUT again,
+    # so a burst that a loaded machine stretches past it rightly lets one more through.
+    # Without the fleet's lease, dozens of the 100 concurrent requests would be trials.
+    periods = 1 + int(elapsed // RESET_TIMEOUT)
+    trials = editable_partner.requests_received() - received
+    assert 1 <= trials <= periods, (
+        f"{trials} trials reached the partner in {elapsed:.1f}s ({periods} periods)"
+    )
     reasons = [response.headers["x-fallback-reason"] for response in responses]
-    assert reasons.count("partner-status-500") == 1
+    assert reasons.count("partner-status-500") == trials
 
 
 def test_killing_redis_under_load_serves_every_request_and_the_fleet_converges_after(
@@ -125,13 +131,19 @@ def test_killing_redis_under_load_serves_every_request_and_the_fleet_converges_a
         redis_server.stop()
         for service in instances:
             wait_for(
-                lambda s=service: s.get("/health").json()["status"] == "degraded", timeout=5, what="degraded"
+                lambda s=service: s.get("/health").json()["status"] == "degraded",
+                timeout=PATIENCE,
+                what="degraded",
             )
         assert instances[0].get("/offer/circuit").json()["degraded"] is True
         time.sleep(0.5)
         redis_server.restart()
         for service in instances:
-            wait_for(lambda s=service: s.get("/health").json()["status"] == "ok", timeout=5, what="recovered")
+            wait_for(
+                lambda s=service: s.get("/health").json()["status"] == "ok",
+                timeout=PATIENCE,
+                what="recovered",
+            )
         time.sleep(0.3)
         stop.set()
         for worker in workers:
@@ -145,14 +157,14 @@ def test_killing_redis_under_load_serves_every_request_and_the_fleet_converges_a
     # Shared again: a trip through one instance reaches the other.
     editable_partner.set_status(500)
     trip_through(instances[1])
-    wait_for(lambda: state_of(instances[0]) == "open", timeout=3, what="first instance sees the trip")
+    wait_for(lambda: state_of(instances[0]) == "open", timeout=PATIENCE, what="first instance sees the trip")
     for service in instances:
         # One line per loss, each followed by its recovery. (A busy machine can make a Redis
         # call miss its 250 ms once more around the restart: a second loss, said once too.)
         assert service.log().count("Redis lost") >= 1
         wait_for(
             lambda s=service: s.log().count("Redis is back") == s.log().count("Redis lost"),
-            timeout=5,
+            timeout=PATIENCE,
             what="every loss followed by its recovery",
         )
 
@@ -164,7 +176,9 @@ def test_two_instances_on_a_redis_cluster_report_the_same_circuit(
     try:
         editable_partner.set_status(500)
         trip_through(services[0])
-        wait_for(lambda: state_of(services[1]) == "open", timeout=3, what="second instance sees the trip")
+        wait_for(
+            lambda: state_of(services[1]) == "open", timeout=PATIENCE, what="second instance sees the trip"
+        )
         assert services[1].get("/offer").headers["x-fallback-reason"] == "circuit-open"
     finally:
         for service in services:
@@ -195,7 +209,9 @@ def test_instances_whose_wall_clocks_are_30_s_off_keep_the_open_period_and_make_
     env = {
         "PARTNER_OFFER_URL": editable_partner.url,
         "REDIS_URL": redis_server.url,
-        "CIRCUIT_RESET_TIMEOUT": "10",
+        # Longer than 400 requests take on a loaded machine (10 s was not): the open period
+        # must outlast them.
+        "CIRCUIT_RESET_TIMEOUT": "60",
         # libfaketime moves the wall clock only: the event loop's monotonic clock stays true.
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
     }
@@ -209,9 +225,9 @@ def test_instances_whose_wall_clocks_are_30_s_off_keep_the_open_period_and_make_
         editable_partner.set_status(500)
         trip_through(skewed[0])
         for service in skewed:
-            wait_for(lambda s=service: state_of(s) == "open", timeout=2, what="open on both")
+            wait_for(lambda s=service: state_of(s) == "open", timeout=PATIENCE, what="open on both")
             left = service.get("/offer/circuit").json()["seconds_until_trial"]
-            assert 8 < left <= 10  # neither 30 s longer nor already over
+            assert 50 < left <= 60, left  # neither 30 s longer nor 30 s shorter
         before = script_calls(redis)
         started = time.monotonic()
         with httpx.Client(timeout=10) as client:

@@ -15,13 +15,13 @@ import redis
 from circuit_breaker import AsyncCircuitBreaker, CutShort, NotPermitted
 from service import redis_state
 from service.redis_state import STOP_TIMEOUT
-from tests.breakers import CIRCUIT, TRIAL, eventually, shared, trip
+from tests.breakers import CIRCUIT, PATIENCE, TRIAL, eventually, reached, shared, trip
 from tests.conftest import Fleet
 from tests.fake_clock import FakeClock
 from tests.partner_stand_ins import PartnerDown, fail, ok
 from tools.processes import RedisServer, delay_proxy
 
-BOUND = 5.0
+BOUND = PATIENCE  # every wait on the shared state: tests/breakers.py says why
 
 
 def reset_timeout_passed(redis_client: redis.Redis, clock: FakeClock) -> None:
@@ -77,7 +77,7 @@ async def test_a_late_success_from_an_older_generation_does_not_reset_the_fleets
     slow = SlowCall()
     slow.fails = False
     late = asyncio.create_task(b.call(slow))
-    await asyncio.wait_for(slow.started.wait(), BOUND)
+    await reached(slow.started, late, "the late call")
     a.reset()
     await eventually(lambda: shared(b).generation > 1 and not shared(a)._writes_pending(), what="close heard")
     for _ in range(2):
@@ -120,7 +120,7 @@ async def test_an_open_circuit_lost_from_redis_is_seeded_again_within_one_refres
     else:
         redis_client.delete(CIRCUIT)
     took = await eventually(
-        lambda: redis_client.hget(CIRCUIT, "state") == b"open", within=3, what="circuit seeded again"
+        lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="circuit seeded again"
     )
     assert took < 2.5  # one refresh (1 s) and the seed, with room for a busy machine
     # The open period goes on from where it was, not from the seed.
@@ -135,7 +135,7 @@ async def test_after_a_flush_a_new_trip_still_reaches_every_instance(
 ) -> None:
     a, b = await fleet(), await fleet()
     redis_client.flushall()
-    await eventually(lambda: redis_client.exists(CIRCUIT), within=3, what="circuit seeded again")
+    await eventually(lambda: redis_client.exists(CIRCUIT), what="circuit seeded again")
     await trip(a)
     await eventually(lambda: b.state_name == "open", what="b hears the trip")
     assert redis_client.hget(CIRCUIT, "state") == b"open"
@@ -149,7 +149,7 @@ async def test_a_replica_that_missed_writes_is_seeded_from_the_instances(
     await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="open written")
     # What a failover to a replica that missed the trip looks like: an older record.
     redis_client.hset(CIRCUIT, mapping={"state": "closed", "version": 1, "fail_counter": 0})
-    await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", within=3, what="seeded")
+    await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="seeded")
     assert a.state_name == "open"
 
 
@@ -164,10 +164,10 @@ async def test_a_half_open_circuit_lost_from_redis_stays_open_everywhere(
     trial = SlowCall()
     trial.fails = False
     probing = asyncio.create_task(a.call(trial))
-    await asyncio.wait_for(trial.started.wait(), BOUND)
+    await reached(trial.started, probing, "the trial")
     await eventually(lambda: b.state_name == "half-open", what="b hears the trial")
     redis_client.flushall()  # Redis restarted empty while the trial is in flight
-    await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", within=3, what="seeded open")
+    await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="seeded open")
     partner_calls = 0
 
     async def counted() -> str:
@@ -232,7 +232,7 @@ async def test_failures_recorded_while_pubsub_is_killed_reach_redis(
                 await breaker.call(fail)
         await asyncio.sleep(0.01 * round_)
     await eventually(
-        lambda: redis_client.hget(CIRCUIT, "fail_counter") == b"300", within=5, what="every failure written"
+        lambda: redis_client.hget(CIRCUIT, "fail_counter") == b"300", what="every failure written"
     )
     assert breaker.fail_counter == 300
 
@@ -285,7 +285,7 @@ async def test_a_trip_reaches_the_other_instance_by_pub_sub_right_after_a_load_o
             with contextlib.suppress(PartnerDown, NotPermitted, CutShort):
                 await far.call(fail)
         assert far.state_name == "open"
-        await eventually(lambda: near.state_name == "open", within=3, what="near hears the trip")
+        await eventually(lambda: near.state_name == "open", what="near hears the trip")
 
 
 # Forced states
@@ -302,7 +302,7 @@ async def test_a_forced_open_during_a_half_open_trial_elsewhere_is_not_lost(
     trial = SlowCall()
     trial.fails = False
     probing = asyncio.create_task(a.call(trial))
-    await asyncio.wait_for(trial.started.wait(), BOUND)
+    await reached(trial.started, probing, "the trial")
     b.trip()  # b may not have heard the half-open yet: written anyway
     await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="forced open written")
     trial.finish.set()
@@ -386,7 +386,7 @@ async def test_a_released_lease_is_heard_at_once_by_an_instance_told_busy(
     reset_timeout_passed(redis_client, clock)
     trial = SlowCall()
     probing = asyncio.create_task(a.call(trial))
-    await asyncio.wait_for(trial.started.wait(), BOUND)
+    await reached(trial.started, probing, "the trial")
     with pytest.raises(NotPermitted, match="trial-in-flight"):
         await b.call(ok)
     probing.cancel()  # the trial's caller went away: the lease is handed back
@@ -560,9 +560,9 @@ async def test_a_trial_success_written_after_redis_came_back_empty_does_not_clos
     trial = SlowCall()
     trial.fails = False
     probing = asyncio.create_task(a.call(trial))
-    await asyncio.wait_for(trial.started.wait(), BOUND)
+    await reached(trial.started, probing, "the trial")
     redis_server.stop()
-    await eventually(lambda: not shared(a).connected, within=5, what="a sees the outage")
+    await eventually(lambda: not shared(a).connected, what="a sees the outage")
     trial.finish.set()
     assert await asyncio.wait_for(probing, BOUND) == "late hot"  # closed here, queued for Redis
     assert a.state_name == "closed"
@@ -575,10 +575,10 @@ async def test_a_trial_success_written_after_redis_came_back_empty_does_not_clos
         CIRCUIT, mapping={"state": "open", "fail_counter": 0, "version": version, "seq": 9, "seeded": 1}
     )
     client.hset(CIRCUIT, "opened_at", int(time.time() * 1000))
-    await eventually(lambda: shared(a).connected and shared(b).connected, within=5, what="both back")
+    await eventually(lambda: shared(a).connected and shared(b).connected, what="both back")
     await asyncio.sleep(0.3)  # every queued write has been sent
     assert client.hget(CIRCUIT, "state") == b"open"
-    await eventually(lambda: a.state_name == b.state_name == "open", within=3, what="the fleet agrees")
+    await eventually(lambda: a.state_name == b.state_name == "open", what="the fleet agrees")
     client.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,8 @@ def test_hang_and_drop(partner: Service) -> None:
     put(partner, mode="drop")
     with pytest.raises(httpx.RemoteProtocolError):
         partner.get("/offer/hot")
+    # The hung request would hold a graceful stop for uvicorn's whole 5 s grace period.
+    partner.stop(signal.SIGKILL)
 
 
 def test_bad_chaos_is_refused_and_changes_nothing(partner: Service) -> None:

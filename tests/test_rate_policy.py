@@ -489,9 +489,7 @@ async def test_two_instances_each_under_the_threshold_trip_the_fleet_together(fl
     for _ in range(8):  # 8 calls, 8 failures there: under min_calls alone
         await outcome(second, fail)
     # Together 24 calls and 16 failures (67%): over both thresholds.
-    await eventually(
-        lambda: first.state == "open" and second.state == "open", within=3, what="the fleet tripped"
-    )
+    await eventually(lambda: first.state == "open" and second.state == "open", what="the fleet tripped")
     window = second.snapshot()["window"]
     assert window["calls"] == 0  # a new state starts a new window
 
@@ -532,7 +530,7 @@ async def test_the_fleet_trips_on_slow_calls_summed_across_instances(fleet: Flee
             return "hot"
 
         await breakers[i % 2].call(slow_ok)
-    await eventually(lambda: all(b.state == "open" for b in breakers), within=3, what="the fleet tripped")
+    await eventually(lambda: all(b.state == "open" for b in breakers), what="the fleet tripped")
 
 
 async def test_without_redis_an_instance_decides_on_its_own_window(
@@ -541,7 +539,7 @@ async def test_without_redis_an_instance_decides_on_its_own_window(
     breaker = await fleet(**RATE)
     redis_server.stop()  # type: ignore[attr-defined]
     await outcome(breaker, fail)  # the write fails: the instance carries on alone
-    await eventually(lambda: breaker.shared is not None and not breaker.shared.connected, within=5)
+    await eventually(lambda: breaker.shared is not None and not breaker.shared.connected)
     for _ in range(19):
         await outcome(breaker, fail)
     assert breaker.state == "open"
@@ -555,9 +553,9 @@ async def test_a_retry_after_holds_the_whole_fleet_open_once_the_circuit_opens(f
     for _ in range(2):
         with pytest.raises((PartnerFailure, NotPermitted)):
             await first.call(partner_busy(30))
-    await eventually(lambda: second.state == "open", within=3, what="the trip heard")
-    await eventually(lambda: second.seconds_until_trial() > 20, within=3, what="the hold's length heard")
-    await eventually(lambda: first.seconds_until_trial() > 20, within=3, what="the hold's length heard back")
+    await eventually(lambda: second.state == "open", what="the trip heard")
+    await eventually(lambda: second.seconds_until_trial() > 20, what="the hold's length heard")
+    await eventually(lambda: first.seconds_until_trial() > 20, what="the hold's length heard back")
     for breaker in (first, second):
         with pytest.raises(NotPermitted, match="circuit-open"):
             await breaker.call(ok)
@@ -574,8 +572,8 @@ async def test_a_fleet_closes_after_its_half_open_calls_succeed_one_at_a_time(fl
     first = await fleet(circuit_half_open_calls=2, circuit_reset_timeout=0.3)
     second = await fleet(circuit_half_open_calls=2, circuit_reset_timeout=0.3)
     first.trip()
-    await eventually(lambda: second.state == "open", within=3, what="the trip heard")
-    await eventually(lambda: first.seconds_until_trial() == 0, within=3, what="the reset timeout")
+    await eventually(lambda: second.state == "open", what="the trip heard")
+    await eventually(lambda: first.seconds_until_trial() == 0, what="the reset timeout")
     while True:  # Redis's clock decides: the first call it permits is the trial
         try:
             assert await first.call(ok) == "hot"
@@ -585,4 +583,4 @@ async def test_a_fleet_closes_after_its_half_open_calls_succeed_one_at_a_time(fl
     assert first.state == "half-open"  # one success of two
     assert await first.call(ok) == "hot"  # the lease went back after the first: no wait
     assert first.state == "closed"
-    await eventually(lambda: second.state == "closed", within=3, what="the close heard")
+    await eventually(lambda: second.state == "closed", what="the close heard")

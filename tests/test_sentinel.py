@@ -15,6 +15,7 @@ import pytest
 from service import settings
 from service.redis_connection import SentinelAddress
 from service.settings import OfferSettings
+from tests.breakers import PATIENCE
 from tools.processes import RedisSentinels, Service, uvicorn_service, wait_for
 
 # Longer than a failover on a busy machine (2.2 s measured idle), so that the circuit
@@ -90,7 +91,9 @@ def test_a_sentinel_that_knows_no_such_primary_stops_start_up_with_one_line(
     sentinels: RedisSentinels, tmp_path: Path
 ) -> None:
     url = sentinels.url.replace("/mymaster/", "/elsewhere/")
-    service = uvicorn_service("offer_service:app", env={"REDIS_URL": url}, log_dir=tmp_path)
+    # The Sentinels answer at once, each without that primary: one second of tries is plenty.
+    env = {"REDIS_URL": url, "REDIS_STARTUP_SECONDS": "1"}
+    service = uvicorn_service("offer_service:app", env=env, log_dir=tmp_path)
     with pytest.raises(RuntimeError):
         service.start(timeout=15)
     errors = [line for line in service.log().splitlines() if "error: REDIS_URL=" in line]
@@ -135,7 +138,7 @@ def instances(partner: Service, sentinels: RedisSentinels, tmp_path: Path) -> It
 
 
 def set_partner(partner: Service, **chaos: object) -> None:
-    httpx.put(f"{partner.url}/chaos", json=chaos, timeout=5).raise_for_status()
+    httpx.put(f"{partner.url}/chaos", json=chaos, timeout=PATIENCE).raise_for_status()
 
 
 def circuit(service: Service) -> dict[str, object]:
@@ -147,7 +150,9 @@ def open_everywhere(instances: list[Service], partner: Service) -> None:
     for _ in range(3):
         instances[0].get("/offer")
     for service in instances:
-        wait_for(lambda s=service: circuit(s)["current_state"] == "open", timeout=5, what="open everywhere")
+        wait_for(
+            lambda s=service: circuit(s)["current_state"] == "open", timeout=PATIENCE, what="open everywhere"
+        )
 
 
 def fail_over(sentinels: RedisSentinels, instances: list[Service]) -> None:
@@ -155,7 +160,9 @@ def fail_over(sentinels: RedisSentinels, instances: list[Service]) -> None:
     new_primary = sentinels.kill_primary()
     for service in instances:
         wait_for(
-            lambda s=service: s.get("/health").json()["status"] == "degraded", timeout=5, what="the loss seen"
+            lambda s=service: s.get("/health").json()["status"] == "degraded",
+            timeout=PATIENCE,
+            what="the loss seen",
         )
     wait_for(
         lambda: sentinels.primary_port() == new_primary.port, timeout=FAILOVER, what="a replica promoted"
@@ -203,11 +210,13 @@ def test_a_circuit_open_when_the_primary_dies_stays_open_on_the_new_one(
     set_partner(partner, status_code=200)
     wait_for(
         lambda: circuit(instances[0])["seconds_until_trial"] == 0,
-        timeout=RESET_TIMEOUT + 2,
+        timeout=RESET_TIMEOUT + PATIENCE,
         what="trial time",
     )
     assert instances[0].get("/offer").headers["x-offer-source"] == "partner"
-    wait_for(lambda: circuit(instances[1])["current_state"] == "closed", timeout=5, what="the close heard")
+    wait_for(
+        lambda: circuit(instances[1])["current_state"] == "closed", timeout=PATIENCE, what="the close heard"
+    )
 
 
 @pytest.mark.timeout(90)
@@ -218,19 +227,23 @@ def test_a_trial_in_flight_when_the_primary_dies_ends_and_the_fleet_agrees_on_it
     set_partner(partner, status_code=200, latency=2.0)
     wait_for(
         lambda: circuit(instances[0])["seconds_until_trial"] == 0,
-        timeout=RESET_TIMEOUT + 2,
+        timeout=RESET_TIMEOUT + PATIENCE,
         what="trial time",
     )
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         trial = pool.submit(instances[0].get, "/offer")
         wait_for(
-            lambda: circuit(instances[1])["current_state"] == "half-open", timeout=5, what="the trial's lease"
+            lambda: circuit(instances[1])["current_state"] == "half-open",
+            timeout=PATIENCE,
+            what="the trial's lease",
         )
         fail_over(sentinels, instances)
         assert trial.result().headers["x-offer-source"] == "partner"
     for service in instances:
         wait_for(
-            lambda s=service: circuit(s)["current_state"] == "closed", timeout=5, what="the success heard"
+            lambda s=service: circuit(s)["current_state"] == "closed",
+            timeout=PATIENCE,
+            what="the success heard",
         )
         assert_each_outage_said_once(service)
     set_partner(partner, status_code=200, latency=0.0)
