@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -53,11 +54,17 @@ def rate(
     clock: FakeClock,
     listeners: list[pybreaker.CircuitBreakerListener] | None = None,
     storage: pybreaker.CircuitBreakerStorage | None = None,
+    exclude: list[type[BaseException]] | None = None,
     **policy: Any,
 ) -> AsyncCircuitBreaker:
     settings = {"window": 10.0, "min_calls": 100, "failure_rate": 0.5, "slow_call_seconds": 5.0, **policy}
     machine = pybreaker.CircuitBreaker(
-        fail_max=RATE_POLICY_FAIL_MAX, reset_timeout=15, name=NAME, listeners=listeners, state_storage=storage
+        fail_max=RATE_POLICY_FAIL_MAX,
+        reset_timeout=15,
+        name=NAME,
+        listeners=listeners,
+        state_storage=storage,
+        exclude=exclude,
     )
     return AsyncCircuitBreaker(machine, clock=clock, policy=RatePolicy(**settings))
 
@@ -86,6 +93,18 @@ class Heard(pybreaker.CircuitBreakerListener):
 
 async def fetch_offer() -> str:
     return "hot"
+
+
+class Busy(Exception):
+    """A 503 with a Retry-After of `retry_after` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("503")
+        self.retry_after = retry_after
+
+
+async def busy(seconds: float) -> str:
+    raise Busy(seconds)
 
 
 # What the errors and the log say.
@@ -124,6 +143,20 @@ async def test_a_plain_def_is_refused_naming_it_and_saying_what_to_write() -> No
     with pytest.raises(TypeError) as refused:
         await breaker.call(fetch_price, "sku-1")  # type: ignore[arg-type]
     assert str(refused.value).startswith(f"{fetch_price.__qualname__} is not a coroutine function: ")
+
+
+async def test_a_coroutine_passed_to_call_is_refused_saying_what_to_write_and_closed() -> None:
+    breaker = consecutive(FakeClock())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(TypeError) as refused:
+            await breaker.call(fetch_offer())  # type: ignore[arg-type]
+        gc.collect()
+    assert str(refused.value) == (
+        "call() takes the function and its arguments, not a coroutine: "
+        "write `await breaker.call(fetch, arg)`, not `await breaker.call(fetch(arg))`"
+    )
+    assert [str(warning.message) for warning in caught] == []  # no "never awaited" on top
 
 
 def test_a_plain_callable_object_is_refused_by_what_it_is() -> None:
@@ -189,7 +222,7 @@ async def test_only_a_trial_dropped_unreported_is_logged(caplog: pytest.LogCaptu
 # What listeners hear of a call.
 
 
-async def test_listeners_hear_the_function_of_a_two_step_call_in_every_state() -> None:
+async def test_listeners_hear_the_function_of_every_call_in_every_state() -> None:
     clock = FakeClock()
     breaker = consecutive(clock)
     heard = Heard()
@@ -200,14 +233,17 @@ async def test_listeners_hear_the_function_of_a_two_step_call_in_every_state() -
     (await breaker.admit()).success()
     breaker.trip()
     clock.advance(15)
-    (await breaker.admit(fetch_offer)).release()
-    async with breaker.calling():
+    (await breaker.admit(fetch_offer)).release()  # a trial
+    assert await breaker.call(fetch_offer) == "hot"  # a trial
+    breaker.trip()
+    clock.advance(15)
+    async with breaker.calling():  # a trial
         pass
-    assert heard.funcs[0] is fetch_offer and heard.funcs[3] is fetch_offer
+    assert len(heard.funcs) == 6
+    assert [heard.funcs[index] for index in (0, 3, 4)] == [fetch_offer] * 3
     # Without a function of its own, a listener still gets one it can name.
-    for func in heard.funcs[1:3] + heard.funcs[4:]:
+    for func in (heard.funcs[1], heard.funcs[2], heard.funcs[5]):
         assert callable(func) and isinstance(getattr(func, "__name__", None), str)
-    assert len(heard.funcs) == 5
 
 
 # A permit reports once.
@@ -275,6 +311,16 @@ async def test_a_storage_another_writer_closed_counts_the_next_call_with_its_dur
     assert breaker.window_counts() == WindowCounts(calls=1, failures=0, slow=1)
 
 
+async def test_a_failure_after_another_writer_closed_the_storage_counts() -> None:
+    storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+    breaker = consecutive(FakeClock(), fail_max=2, storage=storage)
+    breaker.trip()
+    storage.state = pybreaker.STATE_CLOSED  # another process closed it
+    with pytest.raises(PartnerDown):
+        await breaker.call(fail)
+    assert breaker.state == "closed" and breaker.fail_counter == 1
+
+
 # The rate policy: when a call is slow.
 
 
@@ -320,6 +366,31 @@ async def test_the_snapshot_shows_the_window_its_shares_and_its_thresholds() -> 
         "slow_call_seconds": 2.0,
     }
     assert consecutive(clock).snapshot()["window"] is None
+
+
+async def test_a_retry_after_under_a_second_still_holds_a_shorter_open_period() -> None:
+    clock = FakeClock()
+    breaker = consecutive(clock, reset_timeout=0.25)
+    with pytest.raises(Busy):
+        await breaker.call(busy, 0.5)
+    assert breaker.state == "open"
+    assert breaker.seconds_until_trial() == 0.5
+
+
+@pytest.mark.parametrize(
+    "hears_calls", [False, True], ids=["no listener hears calls", "a listener hears calls"]
+)
+async def test_an_excluded_error_is_a_call_in_the_window_but_not_a_failure(hears_calls: bool) -> None:
+    clock = FakeClock()
+    breaker = rate(clock, listeners=[Heard()] if hears_calls else None, exclude=[KeyError])
+
+    async def declined() -> str:
+        raise KeyError("a no from a healthy partner")
+
+    with pytest.raises(KeyError):
+        await breaker.call(declined)
+    await breaker.call(ok)
+    assert breaker.window_counts() == WindowCounts(calls=2, failures=0, slow=0)
 
 
 # The rate policy: the window.
@@ -452,14 +523,14 @@ async def test_a_trial_expired_within_a_short_reset_timeout_keeps_the_new_open_p
 # Calls cut short.
 
 
-async def test_a_block_that_made_a_guarded_call_before_is_still_cut_short() -> None:
+async def test_a_block_whose_nested_guarded_calls_ended_is_still_cut_short() -> None:
     breaker = consecutive(FakeClock())
     inside = asyncio.Event()
 
     async def block() -> None:
         async with breaker.calling():
             async with breaker.calling():
-                pass  # a guarded call of its own, ended
+                assert await breaker.call(ok) == "hot"  # guarded calls of its own, ended
             inside.set()
             await asyncio.sleep(30)
 
@@ -468,6 +539,25 @@ async def test_a_block_that_made_a_guarded_call_before_is_still_cut_short() -> N
     breaker.trip()
     with pytest.raises(CutShort):
         await asyncio.wait_for(task, BOUND)
+
+
+async def test_a_call_that_ends_while_another_is_being_cut_short_ends_as_it_would() -> None:
+    breaker = consecutive(FakeClock())
+    inside = asyncio.Event()
+
+    async def slow() -> str:
+        inside.set()
+        await asyncio.sleep(30)
+        return "hot"
+
+    waiting = asyncio.create_task(breaker.call(slow))
+    await asyncio.wait_for(inside.wait(), BOUND)
+    breaker.trip()
+    await asyncio.sleep(0)  # the waiting call is being cut short, and has not heard yet
+    breaker.reset()
+    assert await breaker.call(ok) == "hot"
+    with pytest.raises(CutShort):
+        await asyncio.wait_for(waiting, BOUND)
 
 
 async def test_a_call_cut_short_by_two_openings_at_once_is_cut_short_once() -> None:
