@@ -563,6 +563,32 @@ async def test_a_call_that_ends_while_another_is_being_cut_short_ends_as_it_woul
         await asyncio.wait_for(waiting, BOUND)
 
 
+async def test_a_call_that_ended_before_the_loop_turned_is_not_cut_short_after_it() -> None:
+    """The circuit opens while the call's answer is already on its way: the caller gets its
+    answer and goes on with its own work, which is not the breaker's to cancel."""
+    breaker = consecutive(FakeClock())
+    answered, go_on = asyncio.Event(), asyncio.Event()
+
+    async def answering() -> str:
+        await answered.wait()
+        return "hot"
+
+    async def caller() -> str:
+        result = await breaker.call(answering)
+        await go_on.wait()  # its own work, unguarded
+        return result
+
+    task = asyncio.create_task(caller())
+    await asyncio.sleep(0)
+    assert breaker.state == "closed"
+    answered.set()  # the answer is on its way: the caller runs first on the loop's next turn
+    breaker.trip()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    go_on.set()
+    assert await asyncio.wait_for(task, BOUND) == "hot"
+
+
 async def test_a_call_cut_short_by_two_openings_at_once_is_cut_short_once() -> None:
     """Tripped, reset and tripped again before the loop turns: the waiting call gets one
     cancellation, its own, and says CutShort rather than a cancellation from outside."""
