@@ -396,6 +396,36 @@ async def test_an_excluded_error_is_a_call_in_the_window_but_not_a_failure(hears
     assert breaker.window_counts() == WindowCounts(calls=2, failures=0, slow=0)
 
 
+async def test_a_retry_after_is_capped_at_five_minutes_unless_told_otherwise() -> None:
+    clock = FakeClock()
+    breaker = consecutive(clock)
+    with pytest.raises(Busy):
+        await breaker.call(busy, 3600.0)
+    assert breaker.seconds_until_trial() == 300.0
+
+
+def test_a_rate_policy_on_a_machine_that_trips_in_a_row_is_refused_saying_what_to_write() -> None:
+    with pytest.raises(ValueError) as refused:
+        AsyncCircuitBreaker(pybreaker.CircuitBreaker(fail_max=5), policy=RatePolicy())
+    assert str(refused.value) == (
+        "a RatePolicy trips on rates, never on 5 failures in a row: "
+        "build the state machine with pybreaker.CircuitBreaker(fail_max=RATE_POLICY_FAIL_MAX, ...)"
+    )
+
+
+async def test_a_trial_may_be_given_less_than_a_second() -> None:
+    clock = FakeClock()
+    breaker = consecutive(clock, max_trial_seconds=0.5)
+    breaker.trip()
+    clock.advance(15)
+    permit = await breaker.admit()
+    clock.advance(0.5)
+    with pytest.raises(NotPermitted):
+        await breaker.admit()  # the unreported trial failed: open again
+    assert breaker.state == "open"
+    permit.release()
+
+
 # The rate policy: the window.
 
 
