@@ -300,6 +300,32 @@ async def test_a_cancelled_trial_hands_the_fleets_lease_back() -> None:
     assert breaker.snapshot()["trial_in_flight"] is False
 
 
+async def test_a_trial_that_never_ran_or_was_cut_short_hands_the_fleets_lease_back() -> None:
+    clock = FakeClock()
+    breaker, fleet = fleet_breaker(clock)
+    await trip(breaker)
+
+    async def takes_one(arg: str) -> str:
+        return arg
+
+    def not_async() -> str:
+        return "hot"
+
+    with pytest.raises(TypeError):
+        await breaker.call(takes_one)  # type: ignore[call-arg]  # it could not even start
+    assert fleet.released == 1 and not breaker.trial_in_flight
+    with pytest.raises(TypeError):
+        await breaker.call(not_async)  # type: ignore[arg-type]
+    assert fleet.released == 2 and not breaker.trial_in_flight
+    gate = Gate()
+    trial = asyncio.create_task(breaker.call(gate))
+    await asyncio.wait_for(gate.started.wait(), BOUND)
+    breaker.trip()
+    with pytest.raises(CutShort):
+        await asyncio.wait_for(trial, BOUND)
+    assert fleet.released == 3 and not breaker.trial_in_flight
+
+
 async def test_a_trial_that_ends_in_an_outcome_keeps_the_lease_for_the_transition() -> None:
     clock = FakeClock()
     breaker, fleet = fleet_breaker(clock)
