@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 from typing import Any
 
@@ -55,6 +56,7 @@ class FleetStandIn:
         self.forced: list[str] = []
         self.released = 0
         self.trials_asked = 0
+        self.holds: list[float] = []
         self.on_change: Any = None
 
     async def acquire_trial(self) -> str:
@@ -70,6 +72,9 @@ class FleetStandIn:
 
     def force(self, state: str) -> None:
         self.forced.append(state)
+
+    def hold_open(self, seconds: float) -> None:
+        self.holds.append(seconds)
 
 
 def fleet_breaker(clock: FakeClock, verdict: str = "granted") -> tuple[AsyncCircuitBreaker, FleetStandIn]:
@@ -295,6 +300,32 @@ async def test_a_cancelled_trial_hands_the_fleets_lease_back() -> None:
     assert breaker.snapshot()["trial_in_flight"] is False
 
 
+async def test_a_trial_that_never_ran_or_was_cut_short_hands_the_fleets_lease_back() -> None:
+    clock = FakeClock()
+    breaker, fleet = fleet_breaker(clock)
+    await trip(breaker)
+
+    async def takes_one(arg: str) -> str:
+        return arg
+
+    def not_async() -> str:
+        return "hot"
+
+    with pytest.raises(TypeError):
+        await breaker.call(takes_one)  # type: ignore[call-arg]  # it could not even start
+    assert fleet.released == 1 and not breaker.trial_in_flight
+    with pytest.raises(TypeError):
+        await breaker.call(not_async)  # type: ignore[arg-type]
+    assert fleet.released == 2 and not breaker.trial_in_flight
+    gate = Gate()
+    trial = asyncio.create_task(breaker.call(gate))
+    await asyncio.wait_for(gate.started.wait(), BOUND)
+    breaker.trip()
+    with pytest.raises(CutShort):
+        await asyncio.wait_for(trial, BOUND)
+    assert fleet.released == 3 and not breaker.trial_in_flight
+
+
 async def test_a_trial_that_ends_in_an_outcome_keeps_the_lease_for_the_transition() -> None:
     clock = FakeClock()
     breaker, fleet = fleet_breaker(clock)
@@ -303,6 +334,74 @@ async def test_a_trial_that_ends_in_an_outcome_keeps_the_lease_for_the_transitio
         await breaker.call(fail)
     assert fleet.released == 0
     assert breaker.state_name == "open"
+
+
+async def test_a_trial_that_reports_nothing_hands_the_lease_back_as_a_failed_trial_not_a_force() -> None:
+    clock = FakeClock()
+    breaker, fleet = fleet_breaker(clock)
+    await trip(breaker)
+    permit = await breaker.admit()
+    assert permit.is_trial and breaker.state_name == "half-open"
+    clock.advance(breaker.max_trial_seconds)
+    fleet.until_trial = RESET_TIMEOUT  # the fleet's record, open again after the failed trial
+    with pytest.raises(NotPermitted) as refused:
+        await breaker.admit()
+    assert refused.value.reason == "circuit-open"
+    assert breaker.state_name == "open"
+    assert fleet.released == 1
+    # Counted as the trial's failure, as any failed trial is: an operator's force would
+    # overwrite whatever the fleet's record says by now.
+    assert fleet.forced == []
+    del permit  # dropped here, logged here
+
+
+async def test_a_call_the_fleet_let_through_as_no_trial_is_not_watched_as_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    breaker, _ = fleet_breaker(clock, verdict="closed")
+    await trip(breaker)
+    gc.collect()  # what earlier tests left is not this test's to log
+    with caplog.at_level(logging.WARNING, logger="circuit_breaker"):
+        permit = await breaker.admit()
+        assert not permit.is_trial
+        del permit  # it held no place: nothing to log
+        gc.collect()
+    assert caplog.records == []
+
+
+class Busy(Exception):
+    """A 503 with a Retry-After of `retry_after` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("503")
+        self.retry_after = retry_after
+
+
+async def busy(seconds: float) -> str:
+    raise Busy(seconds)
+
+
+async def test_the_fleet_is_held_open_for_what_is_left_of_a_retry_after_and_not_once_it_ran_out() -> None:
+    clock = FakeClock()
+    breaker, fleet = fleet_breaker(clock)
+    with pytest.raises(Busy):
+        await breaker.call(busy, 5.0)
+    clock.advance(5.0)  # it has run out when the circuit opens
+    for _ in range(2):
+        with pytest.raises(PartnerDown):
+            await breaker.call(fail)
+    assert breaker.state_name == "open"
+    assert fleet.holds == []
+    breaker.reset()
+    with pytest.raises(Busy):
+        await breaker.call(busy, 30.0)
+    clock.advance(10.0)
+    for _ in range(2):
+        with pytest.raises(PartnerDown):
+            await breaker.call(fail)
+    assert breaker.state_name == "open"
+    assert fleet.holds == [20.0]
 
 
 async def test_a_caller_cancelled_while_the_fleet_decides_frees_the_trial() -> None:
