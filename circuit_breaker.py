@@ -228,6 +228,21 @@ class RatePolicy:
     slow_call_seconds: float = 5.0
     slow_call_rate: float = 1.0
 
+    def __post_init__(self) -> None:
+        """Refuse what could never trip as documented: with no minimum or a zero rate, a
+        window of successes alone would "reach" the rate, and the window's shortcut for
+        successes that cannot trip would hide it."""
+        if not self.window > 0:
+            raise ValueError(f"RatePolicy window must be > 0 seconds, not {self.window!r}")
+        if self.min_calls < 1:
+            raise ValueError(f"RatePolicy min_calls must be 1 or more, not {self.min_calls!r}")
+        for name in ("failure_rate", "slow_call_rate"):
+            rate = getattr(self, name)
+            if not 0 < rate <= 1:
+                raise ValueError(f"RatePolicy {name} must be > 0 and <= 1, not {rate!r}")
+        if not self.slow_call_seconds > 0:
+            raise ValueError(f"RatePolicy slow_call_seconds must be > 0, not {self.slow_call_seconds!r}")
+
     def exceeded(self, calls: int, failures: int, slow: int) -> bool:
         """Whether these counts trip the circuit."""
         return calls >= self.min_calls and (
@@ -1026,8 +1041,6 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         until = self._clock() + seconds
         if self._retry_after_until is None or until > self._retry_after_until:
             self._retry_after_until = until
-        if self.state_machine.state.name == pybreaker.STATE_OPEN:
-            self._hold_open(seconds)
 
     def _settle(self, permit: Permit, error: BaseException) -> bool:
         """Record a call that raised `error`; whether it counted as a failure (a fallback's
@@ -1096,15 +1109,6 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         shared = self.shared
         if exceeded and (shared is None or not shared.connected):
             self._open()
-
-    def _hold_open(self, seconds: float) -> None:
-        """The dependency said when to come back: open until then at least."""
-        if self.shared is not None:
-            self.shared.hold_open(seconds)
-            return
-        if self.state_machine.state.name != pybreaker.STATE_OPEN:
-            self._open()
-        self._hold_until = max(self._hold_until or 0.0, self._clock() + seconds)
 
     def _free_trial(self, is_trial: bool, hand_back: bool) -> None:
         """`hand_back`: the trial ended without an outcome, so the fleet's lease goes back

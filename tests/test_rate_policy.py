@@ -584,3 +584,20 @@ async def test_a_fleet_closes_after_its_half_open_calls_succeed_one_at_a_time(fl
     assert await first.call(ok) == "hot"  # the lease went back after the first: no wait
     assert first.state == "closed"
     await eventually(lambda: second.state == "closed", what="the close heard")
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ({"min_calls": 0}, "min_calls must be 1 or more, not 0"),
+        ({"failure_rate": 0.0}, "failure_rate must be > 0 and <= 1, not 0.0"),
+        ({"slow_call_rate": 1.5}, "slow_call_rate must be > 0 and <= 1, not 1.5"),
+        ({"window": 0.0}, "window must be > 0 seconds, not 0.0"),
+        ({"slow_call_seconds": -1.0}, "slow_call_seconds must be > 0, not -1.0"),
+    ],
+)
+def test_a_rate_policy_that_could_never_trip_as_documented_is_refused_at_construction(
+    setting: dict[str, float], says: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^RatePolicy {says}$".replace(".", r"\.")):
+        RatePolicy(**setting)  # type: ignore[arg-type]
