@@ -101,7 +101,7 @@ soak: $(VENV)/.dev
 clean:
 	rm -rf $(VENV) .venv-* .pytest_cache .mypy_cache .ruff_cache mutants
 
-## mutation: mutmut's score for circuit_breaker.py and redis_state.py, each mutant against the tests
+## mutation: mutmut's score for circuit_breaker.py and the shared state (service/redis_state.py and its parts), each mutant against the tests
 ## that reach it ([tool.mutmut] in pyproject.toml); MUTANTS='circuit_breaker.*' narrows it (passed to mutmut unexpanded), CHILDREN=N runs N at once
 .PHONY: mutation
 CHILDREN ?= 2

@@ -97,11 +97,14 @@ class FleetWindow:
         self._fleet, self._fleet_heard = WindowCounts(calls, failures, slow), self._clock()
 
     def new_state(self) -> None:
-        """A new state (or an operator's reset) starts a new window in Redis: calls counted
-        before it are not added to it (the breaker's own window starts afresh too, so they
-        are not counted again when a lost window is; found by the fleet model: a trip's
-        failures, re-added after a FLUSHALL that came after the trial closed the circuit,
-        tripped it again)."""
+        """A new state or generation (an operator's reset anywhere in the fleet) starts a new
+        window in Redis: calls counted before it are not added to it, neither now nor when a
+        lost window is counted again, so the breaker's own window starts afresh here too,
+        as it does at its own transitions (found by the fleet model: a trip's failures,
+        re-added after a FLUSHALL that came after the trial closed the circuit, tripped it
+        again; and calls made before another instance's reset, re-added after a FLUSHALL)."""
+        if self._calls is not None:
+            self._calls.clear()
         self.clear()
 
     def clear(self) -> None:

@@ -828,6 +828,24 @@ def test_calls_from_before_a_trip_are_not_counted_again_when_the_window_is_lost(
     machine.agrees_with_the_model()
 
 
+def test_calls_from_before_another_instances_reset_are_not_counted_again_when_the_window_is_lost(
+    fleet_machine: FleetMachine,
+) -> None:
+    """Found by the full-size model: instance 0's failure, made before instance 1's reset,
+    was added to the fleet's window again after a FLUSHALL (Redis [2, 2, 0], model
+    (1, 1, 0)): a reset elsewhere left this instance's own window as it was."""
+    machine = fleet_machine
+    machine.build(starts=[1000.0, 1000.0], policy="rate")
+    machine.call(instance=0, outcome="failure")
+    machine.agrees_with_the_model()
+    machine.reset(instance=1)
+    machine.agrees_with_the_model()
+    machine.call(instance=0, outcome="failure")
+    machine.agrees_with_the_model()
+    machine.redis_fault(fault="flush")
+    machine.agrees_with_the_model()
+
+
 def test_a_hold_that_reached_redis_late_holds_the_fleet_that_much_longer(fleet_machine: FleetMachine) -> None:
     """Found by the model under load (the model was wrong): Redis counts a hold from when it
     reached it, on a clock that runs in real time, so the fleet said 45.022 s where the
