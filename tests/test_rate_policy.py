@@ -594,6 +594,11 @@ async def test_a_fleet_closes_after_its_half_open_calls_succeed_one_at_a_time(fl
         ({"slow_call_rate": 1.5}, "slow_call_rate must be > 0 and <= 1, not 1.5"),
         ({"window": 0.0}, "window must be > 0 seconds, not 0.0"),
         ({"slow_call_seconds": -1.0}, "slow_call_seconds must be > 0, not -1.0"),
+        ({"slow_call_seconds": 0.0}, "slow_call_seconds must be > 0, not 0.0"),
+        ({"window": -1.0}, "window must be > 0 seconds, not -1.0"),
+        ({"min_calls": -5}, "min_calls must be 1 or more, not -5"),
+        ({"failure_rate": 1.01}, "failure_rate must be > 0 and <= 1, not 1.01"),
+        ({"slow_call_rate": 0.0}, "slow_call_rate must be > 0 and <= 1, not 0.0"),
     ],
 )
 def test_a_rate_policy_that_could_never_trip_as_documented_is_refused_at_construction(
@@ -601,3 +606,12 @@ def test_a_rate_policy_that_could_never_trip_as_documented_is_refused_at_constru
 ) -> None:
     with pytest.raises(ValueError, match=f"^RatePolicy {says}$".replace(".", r"\.")):
         RatePolicy(**setting)  # type: ignore[arg-type]
+
+
+def test_a_rate_policy_at_the_edges_of_what_is_allowed_is_accepted() -> None:
+    """The smallest minimum and the whole range of rates are settings a user may choose."""
+    policy = RatePolicy(
+        window=0.001, min_calls=1, failure_rate=1.0, slow_call_seconds=0.001, slow_call_rate=1.0
+    )
+    assert policy.exceeded(1, 1, 0) and not policy.exceeded(1, 0, 0)
+    assert RatePolicy(failure_rate=1e-9, slow_call_rate=1e-9).exceeded(20, 1, 0)
