@@ -347,6 +347,25 @@ async def test_a_call_of_exactly_slow_call_seconds_is_slow_whichever_way_it_is_m
     assert breaker.window_counts() == WindowCounts(calls=5, failures=1, slow=4)
 
 
+@pytest.mark.parametrize(
+    "hears_calls", [False, True], ids=["no listener hears calls", "a listener hears calls"]
+)
+async def test_a_quick_call_is_not_slow_whichever_way_it_is_made(hears_calls: bool) -> None:
+    """Each way times the call from its own start, not from the clock's zero."""
+    clock = FakeClock()
+    breaker = rate(clock, listeners=[Heard()] if hears_calls else None, window=60.0)
+    assert await breaker.call(taking(clock, 1.0)) == "hot"
+    permit = await breaker.admit()
+    clock.advance(1.0)
+    permit.success()
+    async with breaker.calling():
+        clock.advance(1.0)
+    permit = await breaker.admit()
+    clock.advance(1.0)
+    permit.failure(PartnerDown())
+    assert breaker.window_counts() == WindowCounts(calls=4, failures=1, slow=0)
+
+
 async def test_the_snapshot_shows_the_window_its_shares_and_its_thresholds() -> None:
     clock = FakeClock()
     breaker = rate(clock, failure_rate=0.6, slow_call_rate=0.8, slow_call_seconds=2.0, min_calls=50)
