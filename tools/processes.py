@@ -7,6 +7,7 @@ scenario all start services the same way.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,10 +27,36 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
+def _ports_below_the_ephemeral_range() -> Iterator[int]:
+    """Ports from 10000 up to where the kernel's ephemeral range starts, from a random
+    point on (so that test processes running side by side start apart), each once."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    ports = list(range(10000, max(low, 10001)))
+    start = random.randrange(len(ports))
+    return iter(ports[start:] + ports[:start])
+
+
+_PORTS = _ports_below_the_ephemeral_range()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port for a server a test starts, free when asked.
+
+    Not the kernel's choice for a bind to port 0: that comes from the ephemeral range,
+    which every outgoing connection on the machine draws from too, and under load a
+    client's connection took such a port between this check and the server's own bind
+    ("address already in use"). Below that range only a bind on purpose takes a port."""
+    for port in _PORTS:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port left below the ephemeral range")
 
 
 def free_cluster_port() -> int:
