@@ -102,6 +102,30 @@ def test_a_window_idle_for_longer_than_itself_starts_empty() -> None:
     assert window.counts() == WindowCounts(calls=1, failures=0, slow=0)
 
 
+def test_what_the_window_counted_only_grows_through_slides_and_clears() -> None:
+    """The fleet's window sends the calls since its last flush as a difference of two
+    `counted()` readings: a call that slid out or was cleared must still be in them."""
+    clock = FakeClock(0.0)
+    window = CallWindow(10.0, clock)  # ten buckets of one second
+    for failed, slow in [(True, True), (True, False), (False, True)]:
+        window.record(failed, slow)  # in [0, 1)
+    clock.advance(1.0)
+    window.record(True, True)  # in [1, 2)
+    assert window.counted() == (4, 3, 3)
+    clock.advance(10.0)
+    window.record(False, False)  # 11.0: both buckets slide out at once
+    assert window.counts() == WindowCounts(calls=1, failures=0, slow=0)
+    assert window.counted() == (5, 3, 3)
+    window.record(True, True)
+    window.clear()
+    assert window.counts() == WindowCounts()
+    assert window.counted() == (6, 4, 4)
+    window.record(True, False)
+    clock.advance(20.0)
+    assert window.counts() == WindowCounts()  # slid out after a clear: still counted once
+    assert window.counted() == (7, 5, 4)
+
+
 @pytest.mark.parametrize(
     ("counts", "exceeded"),
     [
