@@ -469,7 +469,7 @@ class _TrialPermit(Permit):
 
     def __del__(self) -> None:
         if self._breaker is not None:
-            self._breaker._dropped(self)
+            self._breaker._dropped()
 
 
 PermitT = TypeVar("PermitT", bound=Permit)
@@ -1069,7 +1069,7 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
             finally:
                 self._own_transition = outer
 
-    def _dropped(self, permit: Permit) -> None:
+    def _dropped(self) -> None:
         """A trial's permit collected unreported: a caller's bug that held the circuit's one
         trial until `max_trial_seconds`; logged once per breaker."""
         if not self._dropped_logged:

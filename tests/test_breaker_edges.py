@@ -264,6 +264,15 @@ async def test_a_permit_reports_only_its_first_outcome() -> None:
     assert breaker.state == "closed" and breaker.fail_counter == 0
 
 
+async def test_a_block_that_succeeded_has_reported_and_ignores_a_later_outcome() -> None:
+    breaker = consecutive(FakeClock(), fail_max=1)
+    async with breaker.calling() as permit:
+        pass
+    permit.failure(PartnerDown())  # the block's success came first
+    permit.success()
+    assert breaker.state == "closed" and breaker.fail_counter == 0
+
+
 async def test_a_trials_success_reported_twice_counts_once_towards_success_threshold() -> None:
     clock = FakeClock()
     breaker = consecutive(clock, success_threshold=2)
