@@ -30,6 +30,29 @@ async def reject() -> str:
     raise PartnerDeclined("404")
 
 
+class Busy(Exception):
+    """A 503 with a Retry-After of `retry_after` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("503")
+        self.retry_after = retry_after
+
+
+async def busy(seconds: float) -> str:
+    raise Busy(seconds)
+
+
+def hanging(inside: asyncio.Event) -> Callable[[], Awaitable[str]]:
+    """A partner call that says it is inside, then hangs (until it is cut short)."""
+
+    async def call() -> str:
+        inside.set()
+        await asyncio.sleep(30)
+        return "hot"
+
+    return call
+
+
 Behaviour = Callable[[asyncio.StreamWriter], Awaitable[None]]
 
 

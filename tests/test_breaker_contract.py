@@ -22,7 +22,7 @@ from offer_service import BREAKER_NAME, build_breaker
 from service.partner_client import PartnerDeclined
 from service.settings import OfferSettings
 from tests.fake_clock import FakeClock
-from tests.partner_stand_ins import PartnerDown, fail, ok
+from tests.partner_stand_ins import Busy, PartnerDown, busy, fail, ok
 
 RESET_TIMEOUT = 15.0
 BOUND = 5.0
@@ -368,18 +368,6 @@ async def test_a_call_the_fleet_let_through_as_no_trial_is_not_watched_as_one(
         del permit  # it held no place: nothing to log
         gc.collect()
     assert caplog.records == []
-
-
-class Busy(Exception):
-    """A 503 with a Retry-After of `retry_after` seconds."""
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__("503")
-        self.retry_after = retry_after
-
-
-async def busy(seconds: float) -> str:
-    raise Busy(seconds)
 
 
 async def test_the_fleet_is_held_open_for_what_is_left_of_a_retry_after_and_not_once_it_ran_out() -> None:

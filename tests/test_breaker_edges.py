@@ -30,7 +30,7 @@ from circuit_breaker import (
     WindowCounts,
 )
 from tests.fake_clock import FakeClock
-from tests.partner_stand_ins import PartnerDown, fail, ok
+from tests.partner_stand_ins import Busy, PartnerDown, busy, fail, hanging, ok
 
 BOUND = 5.0
 NAME = "partner"
@@ -93,18 +93,6 @@ class Heard(pybreaker.CircuitBreakerListener):
 
 async def fetch_offer() -> str:
     return "hot"
-
-
-class Busy(Exception):
-    """A 503 with a Retry-After of `retry_after` seconds."""
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__("503")
-        self.retry_after = retry_after
-
-
-async def busy(seconds: float) -> str:
-    raise Busy(seconds)
 
 
 # What the errors and the log say.
@@ -607,10 +595,7 @@ async def test_a_call_that_ends_while_another_is_being_cut_short_ends_as_it_woul
     breaker = consecutive(FakeClock())
     inside = asyncio.Event()
 
-    async def slow() -> str:
-        inside.set()
-        await asyncio.sleep(30)
-        return "hot"
+    slow = hanging(inside)
 
     waiting = asyncio.create_task(breaker.call(slow))
     await asyncio.wait_for(inside.wait(), BOUND)
@@ -654,10 +639,7 @@ async def test_a_call_cut_short_by_two_openings_at_once_is_cut_short_once() -> N
     breaker = consecutive(FakeClock())
     inside = asyncio.Event()
 
-    async def slow() -> str:
-        inside.set()
-        await asyncio.sleep(30)
-        return "hot"
+    slow = hanging(inside)
 
     task = asyncio.create_task(breaker.call(slow))
     await asyncio.wait_for(inside.wait(), BOUND)
