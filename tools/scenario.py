@@ -29,7 +29,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools import partial_failures
-from tools.processes import uvicorn_service
+from tools.processes import Service, uvicorn_service
 
 DEMO_PARTNER, DEMO_OFFERS = "http://127.0.0.1:8000", "http://127.0.0.1:8001"
 OWN_RESET_TIMEOUT = "3"
@@ -194,18 +194,24 @@ def walkthrough(report: Report, start: bool) -> None:
     with ExitStack() as stack:
         client = stack.enter_context(httpx.Client(timeout=10))
         offers, partner = DEMO_OFFERS, DEMO_PARTNER
+        started: list[Service] = []
         if start or not (running(offers, client) and running(partner, client)):
             print(f"starting a partner and an offer service (CIRCUIT_RESET_TIMEOUT={OWN_RESET_TIMEOUT})")
             partner_service = stack.enter_context(uvicorn_service("partner_offer_service:app"))
             env = {"PARTNER_OFFER_URL": partner_service.url, "CIRCUIT_RESET_TIMEOUT": OWN_RESET_TIMEOUT}
-            offers, partner = (
-                stack.enter_context(uvicorn_service("offer_service:app", env=env)).url,
-                partner_service.url,
-            )
+            offers_service = stack.enter_context(uvicorn_service("offer_service:app", env=env))
+            started = [partner_service, offers_service]
+            offers, partner = offers_service.url, partner_service.url
         else:
             print(f"using the running services: {offers} and {partner}")
         report.started = time.monotonic()  # the timeline starts with the first request
-        tell(Story(offers, partner, client, report))
+        try:
+            tell(Story(offers, partner, client, report))
+        except httpx.TransportError:
+            for service in started:  # what became of them, so that the failure explains itself
+                exit_code = service.process.poll() if service.process else None
+                print(f"--- {service.url} (exit code {exit_code}), its log:\n{service.log()[-4000:]}")
+            raise
 
 
 if __name__ == "__main__":
