@@ -159,7 +159,9 @@ def test_an_unreachable_partner_gets_the_fallback(tmp_path: Path) -> None:
 def test_concurrent_requests_do_not_serialize_through_the_breaker(
     slow_partner: Service, tmp_path: Path
 ) -> None:
-    env = {"PARTNER_OFFER_URL": slow_partner.url}
+    # The partner's timeout well above what is measured: on a loaded machine 30 answers of
+    # 0.6 s have taken over the default 2 s, and a timeout is not what this test is about.
+    env = {"PARTNER_OFFER_URL": slow_partner.url, "PARTNER_TIMEOUT": "10"}
     concurrency, latency = 30, 0.6
     with uvicorn_service("offer_service:app", env=env, log_dir=tmp_path) as offers:
         offer(offers)  # warm up
@@ -167,7 +169,8 @@ def test_concurrent_requests_do_not_serialize_through_the_breaker(
             started = time.monotonic()
             responses = list(pool.map(lambda _: offer(offers), range(concurrency)))
             elapsed = time.monotonic() - started
-    assert all(response.headers["x-offer-source"] == "partner" for response in responses)
+    fallbacks = [response.headers.get("x-fallback-reason") for response in responses]
+    assert fallbacks == [None] * concurrency, f"after {elapsed:.1f} s: {fallbacks}"
     # Serialized, 30 calls of 0.6 s would take 18 s; concurrent, about 0.6 s, and a machine
     # with two CPU-burning neighbours has taken 3.5 s. A third of the serialized time tells
     # them apart.
