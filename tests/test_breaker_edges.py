@@ -420,6 +420,16 @@ async def test_a_retry_after_is_capped_at_five_minutes_unless_told_otherwise() -
     assert breaker.seconds_until_trial() == 300.0
 
 
+@pytest.mark.parametrize("cap", [0.5, 1.0])
+async def test_a_retry_after_cap_of_a_second_or_less_still_holds(cap: float) -> None:
+    clock = FakeClock()
+    machine = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=0.25, name=NAME)
+    breaker = AsyncCircuitBreaker(machine, clock=clock, max_retry_after=cap)
+    with pytest.raises(Busy):
+        await breaker.call(busy, 60.0)
+    assert breaker.seconds_until_trial() == cap
+
+
 def test_a_rate_policy_on_a_machine_that_trips_in_a_row_is_refused_saying_what_to_write() -> None:
     with pytest.raises(ValueError) as refused:
         AsyncCircuitBreaker(pybreaker.CircuitBreaker(fail_max=5), policy=RatePolicy())
