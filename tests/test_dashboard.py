@@ -247,8 +247,13 @@ def test_the_labels_the_docs_quote_are_the_pages(browser: Any, tmp_path: Path) -
     assert {"Trip open", "Reset closed", "not permitted"} <= quoted
     partner, offers = services(tmp_path, {"CIRCUIT_RESET_TIMEOUT": "15"})  # the docs' settings
     try:
+        from playwright.sync_api import expect
+
         page = browser.new_page(viewport=DESKTOP)
         page.goto(f"{offers.url}/")
+        # Some labels are the page's script's, written once it has the circuit's first state.
+        expect(page.locator("#stream")).to_have_text("live", timeout=15_000)
+        expect(page.locator("#fail-max")).to_have_text("3", timeout=15_000)  # "?" until then
         words = " ".join(page.locator("main").inner_text().split())
         missing = sorted(label for label in quoted if label not in words)
         assert not missing, f"quoted in the docs, not on the page: {missing}"
