@@ -5,6 +5,7 @@ flight, and while it is closed under load."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,13 +179,19 @@ def fail_over(sentinels: RedisSentinels, instances: list[Service]) -> None:
 def assert_each_outage_said_once(service: Service) -> None:
     """One "Redis lost" line per outage and one "Redis is back" after it: the failover is not
     a line per retry. (A busy machine may make one call miss its 250 ms: a second outage,
-    said once too.)"""
-    said = [
-        "lost" if "Redis lost" in line else "back"
-        for line in service.log().splitlines()
-        if "Redis lost" in line or "Redis is back" in line
-    ]
-    assert said and said == ["lost", "back"] * (len(said) // 2), said
+    said once too, and its "back" may still be on its way: waited for.)"""
+
+    def said() -> list[str]:
+        return [
+            "lost" if "Redis lost" in line else "back"
+            for line in service.log().splitlines()
+            if "Redis lost" in line or "Redis is back" in line
+        ]
+
+    with contextlib.suppress(TimeoutError):  # the assertion below says what was seen
+        wait_for(lambda: said()[-1:] == ["back"], timeout=PATIENCE, what="Redis is back, said last")
+    lines = said()
+    assert lines and lines == ["lost", "back"] * (len(lines) // 2), lines
 
 
 def assert_an_offer(response: httpx.Response) -> None:
