@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse
 from service import metrics
 from service.admin import ADMIN_RESPONSES, BODY_RESPONSES, AdminRoute
 from service.chaos import Chaos
-from service.chaos_relay import relay
+from service.chaos_relay import BAD_ANSWER, relay
 from service.circuit_routes import breaker_of, observer_of
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -41,17 +41,27 @@ async def page() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
 
 
-@router.get("/partner/chaos", summary="The partner's chaos settings")
+# The partner may be the sick one: no usable answer within PARTNER_TIMEOUT is a 502.
+RELAY_RESPONSES: dict[int | str, dict[str, str]] = {502: {"description": BAD_ANSWER}}
+
+
+@router.get("/partner/chaos", summary="The partner's chaos settings", responses=RELAY_RESPONSES)
 async def get_chaos(request: Request) -> Response:
     return await relay(request, "GET")
 
 
-@admin_router.put("/partner/chaos", summary="Set the partner's chaos (admin)", responses=BODY_RESPONSES)
+@admin_router.put(
+    "/partner/chaos",
+    summary="Set the partner's chaos (admin)",
+    responses={**BODY_RESPONSES, **RELAY_RESPONSES},
+)
 async def put_chaos(request: Request, chaos: Chaos) -> Response:
     return await relay(request, "PUT", chaos.model_dump_json())
 
 
-@admin_router.delete("/partner/chaos", summary="The partner back to its defaults (admin)")
+@admin_router.delete(
+    "/partner/chaos", summary="The partner back to its defaults (admin)", responses=RELAY_RESPONSES
+)
 async def delete_chaos(request: Request) -> Response:
     return await relay(request, "DELETE")
 
