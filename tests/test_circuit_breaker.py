@@ -16,7 +16,7 @@ from service.partner_client import PartnerDeclined
 from service.settings import OfferSettings
 from tests.breakers import trip
 from tests.fake_clock import FakeClock
-from tests.partner_stand_ins import PartnerDown, fail, ok, reject
+from tests.partner_stand_ins import PartnerDown, fail, hanging, ok, reject
 
 RESET_TIMEOUT = 15.0
 # Every wait in these tests is bounded: a broken guard fails, it never hangs.
@@ -514,10 +514,7 @@ async def test_a_cut_short_call_leaves_its_task_free_to_await_again() -> None:
     breaker = make_breaker()
     inside = asyncio.Event()
 
-    async def hang() -> str:
-        inside.set()
-        await asyncio.sleep(30)
-        return "too late"
+    hang = hanging(inside)
 
     async def caller() -> str:
         with pytest.raises(CutShort):
@@ -538,10 +535,7 @@ async def test_a_cancellation_from_outside_while_cut_short_stays_a_cancellation(
     breaker = make_breaker()
     inside = asyncio.Event()
 
-    async def hang() -> str:
-        inside.set()
-        await asyncio.sleep(30)
-        return "too late"
+    hang = hanging(inside)
 
     task = asyncio.create_task(breaker.call(hang))
     await asyncio.wait_for(inside.wait(), BOUND)
@@ -556,10 +550,7 @@ async def test_a_call_inside_a_calling_block_is_cut_short_and_so_is_the_block() 
     breaker = make_breaker()
     inside = asyncio.Event()
 
-    async def hang() -> str:
-        inside.set()
-        await asyncio.sleep(30)
-        return "too late"
+    hang = hanging(inside)
 
     async def block() -> str:
         async with breaker.calling():
