@@ -3,9 +3,11 @@
     python tools/bench/micro.py [--repeats 7] [--redis-url redis://127.0.0.1:6379/15]
         [--rate-redis-url redis://127.0.0.1:6380/0] [--no-instructions]
 
-Every breaker guards the same trivial coroutine in a closed circuit; the
-coroutine awaited bare is measured too and subtracted, so each number is what
-the breaker itself adds to one call.
+Every breaker guards the same trivial coroutine in a closed circuit, from
+inside a coroutine of the caller's (an endpoint, say): `await breaker.call(trivial)`,
+`async with breaker.calling(): await trivial()` and so on. That caller awaiting
+the coroutine bare is measured too and subtracted, so each number is what the
+breaker itself adds to one call, whether it takes the function or guards a block.
 
 This project's breaker is measured under both its policies: `consecutive`
 (CIRCUIT_FAIL_MAX failures in a row, the default) and `rate` (failure and
@@ -67,7 +69,7 @@ from tools.bench.spread import Spread
 from tools.processes import RedisServer, redis_server_binary
 
 GuardedCall = Callable[[], Awaitable[object]]
-BARE = "bare coroutine"
+BARE = "bare coroutine, awaited by the caller"
 MEMORY = "this project, memory state"
 REDIS = "this project, Redis state"
 RATE_MEMORY = "this project, rate policy, memory state"
@@ -88,6 +90,11 @@ MARKER_FUNCTION = "os_getppid"
 
 async def trivial() -> str:
     return "hot"
+
+
+async def unguarded() -> str:
+    """The caller's coroutine with nothing guarding its call: the baseline."""
+    return await trivial()
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,22 @@ async def per_call(call: GuardedCall, iterations: int) -> float:
     for _ in range(iterations):
         await call()
     return (time.perf_counter() - started) / iterations
+
+
+def _call(breaker: AsyncCircuitBreaker) -> GuardedCall:
+    async def call() -> object:
+        return await breaker.call(trivial)
+
+    return call
+
+
+def _awaiting(guarded: Callable[[], Awaitable[object]]) -> GuardedCall:
+    """A caller awaiting a decorated coroutine function."""
+
+    async def call() -> object:
+        return await guarded()
+
+    return call
 
 
 def _pybreaker_call(breaker: pybreaker.CircuitBreaker) -> GuardedCall:
@@ -176,10 +199,10 @@ async def candidates(
     rate_settings = OfferSettings(circuit_policy="rate", circuit_reset_timeout=15)
     ours, ours_rate = build_breaker(settings), build_breaker(rate_settings)
     calls = {
-        BARE: Candidate(trivial, 100_000),
-        MEMORY: Candidate(lambda: ours.call(trivial), 50_000),
-        RATE_MEMORY: Candidate(lambda: ours_rate.call(trivial), 50_000),
-        DECORATED: Candidate(ours(trivial), 50_000),
+        BARE: Candidate(unguarded, 100_000),
+        MEMORY: Candidate(_call(ours), 50_000),
+        RATE_MEMORY: Candidate(_call(ours_rate), 50_000),
+        DECORATED: Candidate(_awaiting(ours(trivial)), 50_000),
         CALLING: Candidate(_calling(ours), 50_000),
         TWO_STEPS: Candidate(_two_steps(ours), 50_000),
         "pybreaker, CircuitMemoryStorage": Candidate(
@@ -189,10 +212,10 @@ async def candidates(
     async with AsyncExitStack() as stack:
         if redis_url:
             ours_redis = await _started(stack, settings, redis_url)
-            calls[REDIS] = Candidate(lambda: ours_redis.call(trivial), 50_000)
+            calls[REDIS] = Candidate(_call(ours_redis), 50_000)
             if rate_redis_url:
                 ours_rate_redis = await _started(stack, rate_settings, rate_redis_url)
-                calls[RATE_REDIS] = Candidate(lambda: ours_rate_redis.call(trivial), 50_000)
+                calls[RATE_REDIS] = Candidate(_call(ours_rate_redis), 50_000)
             client = redis.Redis.from_url(redis_url)
             stack.callback(client.close)
             namespace = f"micro-{uuid.uuid4().hex[:8]}"
@@ -202,7 +225,11 @@ async def candidates(
             )
 
         aio = aiobreaker.CircuitBreaker(fail_max=3)
-        calls[AIOBREAKER] = Candidate(lambda: aio.call_async(trivial), 50_000)
+
+        async def aiobreaker_call() -> object:
+            return await aio.call_async(trivial)
+
+        calls[AIOBREAKER] = Candidate(aiobreaker_call, 50_000)
 
         factory = purgatory.AsyncCircuitBreakerFactory(default_threshold=3, default_ttl=15)
         await factory.initialize()
@@ -213,11 +240,8 @@ async def candidates(
 
         calls["purgatory"] = Candidate(purgatory_call, 20_000)
 
-        @circuitbreaker.circuit(failure_threshold=3, recovery_timeout=15)  # type: ignore[untyped-decorator]
-        async def decorated() -> str:
-            return await trivial()
-
-        calls[CIRCUITBREAKER] = Candidate(decorated, 50_000)
+        decorated = circuitbreaker.circuit(failure_threshold=3, recovery_timeout=15)(trivial)
+        calls[CIRCUITBREAKER] = Candidate(_awaiting(decorated), 50_000)
         yield calls
 
 
@@ -234,7 +258,7 @@ async def timings(
             await per_call(candidate.call, min(candidate.iterations, 1000))
         added: dict[str, list[float]] = {name: [] for name in calls if name != BARE}
         for _ in range(repeats):
-            bare = await per_call(trivial, max(10, int(calls[BARE].iterations * scale)))
+            bare = await per_call(calls[BARE].call, max(10, int(calls[BARE].iterations * scale)))
             for name, candidate in calls.items():
                 if name != BARE:
                     seconds = await per_call(candidate.call, max(10, int(candidate.iterations * scale)))
