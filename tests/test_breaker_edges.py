@@ -277,7 +277,25 @@ async def test_a_trials_success_reported_twice_counts_once_towards_success_thres
 # A storage another writer changed (pybreaker's own Redis storage, say).
 
 
-async def test_a_storage_another_writer_opened_is_obeyed_by_every_way_of_calling() -> None:
+class StateElsewhere(pybreaker.CircuitMemoryStorage):
+    """A storage whose `state` is not its `_state` field, as pybreaker's Redis storage
+    reads Redis: the breaker must ask it, not read the memory storage's field."""
+
+    def __init__(self) -> None:
+        super().__init__(pybreaker.STATE_CLOSED)
+        self.elsewhere = pybreaker.STATE_CLOSED
+
+    @property
+    def state(self) -> str:
+        return self.elsewhere
+
+    @state.setter
+    def state(self, state: str) -> None:
+        self.elsewhere = state
+
+
+@pytest.mark.parametrize("kind", [pybreaker.CircuitMemoryStorage, StateElsewhere])
+async def test_a_storage_another_writer_opened_is_obeyed_by_every_way_of_calling(kind: type) -> None:
     async def admit(breaker: AsyncCircuitBreaker) -> None:
         await breaker.admit()
 
@@ -289,13 +307,26 @@ async def test_a_storage_another_writer_opened_is_obeyed_by_every_way_of_calling
         await breaker.call(ok)
 
     for way in (admit, calling, call):
-        storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+        storage = kind(pybreaker.STATE_CLOSED) if kind is pybreaker.CircuitMemoryStorage else kind()
         breaker = consecutive(FakeClock(), storage=storage)
         assert breaker.state_name == "closed"
         storage.state = pybreaker.STATE_OPEN  # another process opened it
         with pytest.raises(NotPermitted):
             await way(breaker)
         assert breaker.state_name == "open", way.__name__
+
+
+@pytest.mark.parametrize("kind", [pybreaker.CircuitMemoryStorage, StateElsewhere])
+async def test_a_success_after_another_writer_opened_the_storage_resets_nothing(kind: type) -> None:
+    """The success's end reads the storage too: opened meanwhile, the count is not reset."""
+    storage = kind(pybreaker.STATE_CLOSED) if kind is pybreaker.CircuitMemoryStorage else kind()
+    breaker = consecutive(FakeClock(), fail_max=3, storage=storage)
+    with pytest.raises(PartnerDown):
+        await breaker.call(fail)
+    permit = await breaker.admit()
+    storage.state = pybreaker.STATE_OPEN  # another process opened it while the call ran
+    permit.success()
+    assert storage.counter == 1
 
 
 async def test_a_storage_another_writer_closed_counts_the_next_call_with_its_duration() -> None:

@@ -43,6 +43,15 @@ def test_the_storage_is_the_one_given() -> None:
     assert circuit_breaker._storage(machine(state_storage=storage)) is storage
 
 
+def test_the_memory_storage_keeps_its_state_in_its_state_field() -> None:
+    """Read directly on every call, without the `state` property's call."""
+    storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+    assert storage._state == pybreaker.STATE_CLOSED
+    storage.state = pybreaker.STATE_OPEN
+    assert storage._state == pybreaker.STATE_OPEN
+    assert type(storage).state.fget(storage) == pybreaker.STATE_OPEN  # type: ignore[attr-defined]
+
+
 def test_a_failure_is_counted_and_trips_at_fail_max_without_raising() -> None:
     breaker = machine()
     circuit_breaker._count_failure(breaker.state, ValueError("down"))
