@@ -41,3 +41,33 @@ def test_a_stopped_benchmark_leaves_no_server_running(tmp_path: Path, signum: in
         for leftover in [bench, *started]:
             with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
                 leftover.kill()  # only what this test started, if the assertion failed
+
+
+HELD_BACK = """
+import os, signal, subprocess, sys
+from tools.processes import stopping_signals_held
+
+def leave(signum, frame):
+    raise SystemExit(128 + signum)
+
+signal.signal(signal.SIGTERM, leave)
+child = None
+try:
+    with stopping_signals_held():
+        os.kill(os.getpid(), signal.SIGTERM)  # lands where Popen would be under way
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    print("the signal was lost")
+except SystemExit:
+    print("stopped with the child known:", child is not None)
+    if child is not None:
+        child.kill()
+"""
+
+
+def test_a_signal_while_a_server_starts_is_handled_once_the_server_is_known() -> None:
+    """Before: a SIGTERM that landed inside `Popen`, after the fork, left a child that no
+    `with` block knew of (the benchmark's partner, seen running after a stopped run)."""
+    result = subprocess.run(
+        [sys.executable, "-c", HELD_BACK], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=30
+    )
+    assert result.stdout.strip() == "stopped with the child known: True", result.stdout + result.stderr

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -25,6 +26,31 @@ import redis
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+
+@contextmanager
+def stopping_signals_held() -> Iterator[None]:
+    """SIGTERM, SIGHUP and SIGINT wait until the block ends; then their handlers run.
+
+    Around a `Popen` whose result is kept for stopping the child later: a handler that
+    ends the program by raising (the benchmark's, Ctrl-C's) could otherwise raise inside
+    `Popen`, after the fork and before the `Popen` is returned, and that child ran on
+    after the program ended (a uvicorn in a session of its own, holding its port)."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    held: list[int] = []
+    handlers = {
+        signum: signal.signal(signum, lambda number, _frame: held.append(number))
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    }
+    try:
+        yield
+    finally:
+        for held_back, handler in handlers.items():
+            signal.signal(held_back, handler)
+        for number in held:
+            signal.raise_signal(number)
 
 
 def _ports_below_the_ephemeral_range() -> Iterator[int]:
@@ -131,16 +157,16 @@ class Service:
         return self._client
 
     def start(self, ready_path: str = "/health", timeout: float = 20.0) -> Service:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                self.args,
-                cwd=self.cwd,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # so stop() reaches uvicorn's reloader children too
-            )
         try:
+            with stopping_signals_held(), open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(
+                    self.args,
+                    cwd=self.cwd,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # so stop() reaches uvicorn's reloader children too
+                )
             wait_for(self._ready(ready_path), timeout=timeout, what=f"{self.url}{ready_path} answering")
         except TimeoutError:
             self.stop()
@@ -263,24 +289,14 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                *self.extra_args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--dir", str(self.workdir), *self.extra_args]
+        try:
+            with stopping_signals_held():
+                self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except BaseException:  # a signal held back while it started: stopped, as while it waits
+            self.stop()
+            raise
         self._wait_until_answering(
             redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2),
             f"redis-server on port {self.port}",
