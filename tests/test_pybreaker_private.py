@@ -52,6 +52,16 @@ def test_the_memory_storage_keeps_its_state_in_its_state_field() -> None:
     assert type(storage).state.fget(storage) == pybreaker.STATE_OPEN  # type: ignore[attr-defined]
 
 
+def test_the_listeners_are_a_list_that_add_listener_changes() -> None:
+    """Compared on every call with the list last classified: `add_listener` must change it."""
+    breaker = machine()
+    seen = list(breaker._listeners)
+    listener = pybreaker.CircuitBreakerListener()
+    breaker.add_listener(listener)
+    assert isinstance(breaker._listeners, list)
+    assert breaker._listeners != seen and breaker._listeners[-1] is listener
+
+
 def test_a_failure_is_counted_and_trips_at_fail_max_without_raising() -> None:
     breaker = machine()
     circuit_breaker._count_failure(breaker.state, ValueError("down"))
