@@ -28,29 +28,38 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
-@contextmanager
-def stopping_signals_held() -> Iterator[None]:
-    """SIGTERM, SIGHUP and SIGINT wait until the block ends; then their handlers run.
+def spawn(args: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """`subprocess.Popen(args, **popen)` for a child that must be stopped later, with SIGTERM,
+    SIGHUP and SIGINT held back until the child is known: one that arrived meanwhile stops
+    the child, then its handler runs.
 
-    Around a `Popen` whose result is kept for stopping the child later: a handler that
-    ends the program by raising (the benchmark's, Ctrl-C's) could otherwise raise inside
-    `Popen`, after the fork and before the `Popen` is returned, and that child ran on
-    after the program ended (a uvicorn in a session of its own, holding its port)."""
+    A handler that ends the program by raising (the benchmark's, Ctrl-C's) could otherwise
+    raise inside `Popen`, after the fork and before the `Popen` is returned: no `with`
+    block or `finally` knew of that child, and it ran on after the program ended (a
+    uvicorn in a session of its own, holding its port)."""
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        yield
-        return
+        return subprocess.Popen(args, **popen)
     held: list[int] = []
     handlers = {
         signum: signal.signal(signum, lambda number, _frame: held.append(number))
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
     }
     try:
-        yield
+        process = subprocess.Popen(args, **popen)
     finally:
         for held_back, handler in handlers.items():
             signal.signal(held_back, handler)
+    try:
         for number in held:
-            signal.raise_signal(number)
+            signal.raise_signal(number)  # its handler runs now, and may raise
+    except BaseException:
+        if popen.get("start_new_session"):
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
+        process.wait()
+        raise
+    return process
 
 
 def _ports_below_the_ephemeral_range() -> Iterator[int]:
@@ -157,16 +166,16 @@ class Service:
         return self._client
 
     def start(self, ready_path: str = "/health", timeout: float = 20.0) -> Service:
+        with open(self.log_path, "ab") as log:
+            self.process = spawn(
+                self.args,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # so stop() reaches uvicorn's reloader children too
+            )
         try:
-            with stopping_signals_held(), open(self.log_path, "ab") as log:
-                self.process = subprocess.Popen(
-                    self.args,
-                    cwd=self.cwd,
-                    env=self.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # so stop() reaches uvicorn's reloader children too
-                )
             wait_for(self._ready(ready_path), timeout=timeout, what=f"{self.url}{ready_path} answering")
         except TimeoutError:
             self.stop()
@@ -289,14 +298,24 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        args += ["--appendonly", "no", "--dir", str(self.workdir), *self.extra_args]
-        try:
-            with stopping_signals_held():
-                self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        except BaseException:  # a signal held back while it started: stopped, as while it waits
-            self.stop()
-            raise
+        self.process = spawn(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                *self.extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self._wait_until_answering(
             redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2),
             f"redis-server on port {self.port}",
@@ -417,7 +436,7 @@ def with_open_files_limit(service: Service, limit: int) -> Service:
 def delay_proxy(target_port: int, delay: float) -> Iterator[str]:
     """A Redis `delay` seconds further away each way (tools/delay_proxy.py); yields its URL."""
     port = free_port()
-    proxy = subprocess.Popen(
+    proxy = spawn(
         [
             sys.executable,
             str(PROJECT_DIR / "tools" / "delay_proxy.py"),
@@ -481,7 +500,7 @@ class RedisSentinels:
                 f"sentinel failover-timeout {self.SERVICE} 5000\n"
             )
             self.sentinels.append(
-                subprocess.Popen(
+                spawn(
                     [self.binary, str(config), "--sentinel"],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -566,7 +585,7 @@ class TlsRedisServer(RedisServer):
         self.url = f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={tls.ca}"
 
     def start(self) -> TlsRedisServer:
-        self.process = subprocess.Popen(
+        self.process = spawn(
             [
                 self.binary,
                 "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
