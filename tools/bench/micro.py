@@ -92,11 +92,6 @@ async def trivial() -> str:
     return "hot"
 
 
-async def unguarded() -> str:
-    """The caller's coroutine with nothing guarding its call: the baseline."""
-    return await trivial()
-
-
 @dataclass(frozen=True)
 class MicroResult:
     name: str
@@ -139,7 +134,7 @@ def _call(breaker: AsyncCircuitBreaker) -> GuardedCall:
 
 
 def _awaiting(guarded: Callable[[], Awaitable[object]]) -> GuardedCall:
-    """A caller awaiting a decorated coroutine function."""
+    """A caller awaiting `guarded`: a decorated coroutine function, or the bare one."""
 
     async def call() -> object:
         return await guarded()
@@ -199,7 +194,7 @@ async def candidates(
     rate_settings = OfferSettings(circuit_policy="rate", circuit_reset_timeout=15)
     ours, ours_rate = build_breaker(settings), build_breaker(rate_settings)
     calls = {
-        BARE: Candidate(unguarded, 100_000),
+        BARE: Candidate(_awaiting(trivial), 100_000),  # the caller, nothing guarding its call
         MEMORY: Candidate(_call(ours), 50_000),
         RATE_MEMORY: Candidate(_call(ours_rate), 50_000),
         DECORATED: Candidate(_awaiting(ours(trivial)), 50_000),
