@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import errno
-import http.cookiejar
 import logging
 import re
 import time
@@ -41,6 +40,8 @@ from service import metrics
 from service.settings import OfferSettings
 
 log = logging.getLogger("partner_client")
+# httpx's own logger, where `HTTPX_LOG_LEVEL` applies: each partner call's line goes there.
+HTTPX_LOG = logging.getLogger("httpx")
 
 HOT_OFFER_PATH = "/offer/hot"
 # An offer is a short line of text; anything far larger is a broken partner,
@@ -49,6 +50,8 @@ MAX_OFFER_BYTES = 64 * 1024
 # Enough keep-alive connections for the load we measured (50 concurrent
 # requests) so that no request waits for, or pays to open, a connection.
 MAX_CONNECTIONS = 200
+# How long an idle keep-alive connection to the partner is kept: httpx's default.
+KEEPALIVE_SECONDS = 5.0
 # The content codings we ask for and decode; zlib's window bits for each.
 # httpx would also ask for br and zstd when their packages are installed.
 DECODERS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
@@ -133,38 +136,32 @@ async def http_client(settings: OfferSettings) -> AsyncIterator[httpx.AsyncClien
     httpx's own pool is the bottleneck under concurrency: behind 50 concurrent
     requests a shared default `AsyncClient` did a few hundred requests per
     second where the `httpx-aiohttp` transport did thousands (see `tools/bench/`).
-    The transport keeps httpx's API, its logging and its exceptions. It asks
+    The transport keeps httpx's requests, answers and exceptions. It asks
     aiohttp for the body as sent (`auto_decompress=False`); decoding it is
     `read_body`'s job, never httpx's, which would inflate a chunk whole.
 
-    Two things it does without, each measured on a healthy `/offer` (callgrind):
-    httpx's per-phase timeouts, which aiohttp turns into a timer set and
-    cancelled on every read, when `PartnerClient.exchange` bounds the whole
-    call within `PARTNER_TIMEOUT` anyway; and cookies (`NoCookies`).
+    The aiohttp session is this module's, for its cookie jar: aiohttp's own
+    keeps every cookie a partner sets (a new one on every answer grows it
+    without end) and sends them all back. Its TLS trust is aiohttp's default,
+    the system's certificate authorities. httpx's per-phase timeouts are
+    not set: aiohttp turns them into a timer set and cancelled on every read,
+    when `PartnerClient.exchange` bounds the whole call within
+    `PARTNER_TIMEOUT` anyway (measured on a healthy `/offer`, callgrind).
     """
-    limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS)
-    transport = AiohttpTransport(limits=limits, trust_env=False)
+
+    def aiohttp_session() -> aiohttp.ClientSession:  # made in the event loop, at the first call
+        connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_SECONDS)
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+    transport = AiohttpTransport(client=aiohttp_session, trust_env=False)
     async with httpx.AsyncClient(
         transport=transport,
         base_url=settings.partner_offer_url,
         timeout=None,
         trust_env=False,
         headers={"Accept-Encoding": ACCEPT_ENCODING},
-        cookies=NoCookies(),
     ) as client:
         yield client
-
-
-class NoCookies(http.cookiejar.CookieJar):
-    """A cookie jar that keeps none: the partner's `Set-Cookie` is never stored.
-
-    The partner request is built once (`PartnerClient`), so a cookie stored
-    would never be sent anyway; httpx still parsed every answer's headers
-    into an `email.message.Message` to look for one, and a partner setting a
-    new cookie on every answer would have grown the jar without end."""
-
-    def extract_cookies(self, response: object, request: object) -> None:
-        return None
 
 
 class PartnerClient:
@@ -179,6 +176,11 @@ class PartnerClient:
         # third of the client's CPU per call, measured. This request never
         # changes and httpx does not modify a request it sends, so it is built once.
         self._request = client.build_request("GET", HOT_OFFER_PATH)
+        # Requests go straight to the client's transport, past `AsyncClient.send`: its
+        # layers (auth, redirects, cookies, event hooks, a stream wrapper) do nothing for
+        # these requests, and cost a fifth of a healthy `/offer`'s instructions (callgrind).
+        # What they did that is wanted, httpx's `HTTP Request:` log line, is `_log_request`.
+        self._transport: httpx.AsyncBaseTransport = client._transport
         # A bulkhead: past this many calls in flight (a partner that got slow
         # holds them all), the next call fails at once instead of queueing for a
         # connection; `LocalResourceError`, since the pool is this process's.
@@ -225,7 +227,9 @@ class PartnerClient:
         reached = True
         try:
             async with asyncio.timeout(self._timeout):
-                response = await self.client.send(request, stream=True)
+                response = await self._transport.handle_async_request(request)
+                if HTTPX_LOG.isEnabledFor(logging.INFO):
+                    _log_request(request, response)
                 try:
                     body = await read_body(response, limit)
                 finally:
@@ -254,6 +258,18 @@ class PartnerClient:
     def _local(self, detail: str) -> LocalResourceError:
         self._local_trouble.occurred(detail)
         return LocalResourceError(detail)
+
+
+def _log_request(request: httpx.Request, response: httpx.Response) -> None:
+    """The line `AsyncClient.send` logs for each request, word for word."""
+    HTTPX_LOG.info(
+        'HTTP Request: %s %s "%s %d %s"',
+        request.method,
+        request.url,
+        response.http_version,
+        response.status_code,
+        response.reason_phrase,
+    )
 
 
 async def read_body(response: httpx.Response, limit: int) -> bytes:

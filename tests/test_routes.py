@@ -41,8 +41,11 @@ class Partner:
         self.body = b"Hot offer 12:34"
         self.headers: dict[str, str] = {"content-type": "text/plain; charset=utf-8"}
         self.calls = 0
+        self.refuses = False
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.refuses:
+            raise httpx.ConnectError("connection refused", request=request)
         if request.url.path == "/offer/hot":
             self.calls += 1
             return httpx.Response(self.status, stream=Body(self.body), headers=self.headers)
@@ -193,12 +196,8 @@ async def test_a_gzipped_hot_offer_is_read(partner: Partner) -> None:
 
 
 async def test_a_partner_that_cannot_be_reached_is_a_connection_error(partner: Partner) -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=request)
-
+    partner.refuses = True
     async with offer_service(partner) as client:
-        client_app = client._transport.app  # type: ignore[attr-defined]
-        client_app.state.partner.client._transport = httpx.MockTransport(refuse)
         response = await client.get("/offer")
     assert response.headers["x-fallback-reason"] == "partner-connection-error"
 
