@@ -13,7 +13,14 @@ import redis
 from circuit_breaker import AsyncCircuitBreaker
 from offer_service import build_breaker, reach_redis, start_shared_state
 from service.settings import OfferSettings
+from tools import warm_starts
 from tools.processes import EditablePartner, RedisClusterServers, RedisServer, redis_server_binary
+
+
+def pytest_configure() -> None:
+    """Services start warm here: their libraries imported once per test process (tools/warm_starts.py)."""
+    warm_starts.enable()
+
 
 REDIS_HINT = "no redis-server on PATH: install it (apt-get install redis-server) to run the Redis tests"
 

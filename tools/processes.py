@@ -24,6 +24,8 @@ from typing import Any, TypeVar, cast
 import httpx
 import redis
 
+from tools import warm_starts
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
@@ -146,7 +148,7 @@ class Service:
         self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), **(env or {})}
         log_dir = log_dir or Path(tempfile.mkdtemp(prefix="service-log-"))
         self.log_path = log_dir / f"{Path(args[-1]).stem.replace(':', '-')}-{port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | warm_starts.WarmProcess | None = None
         self._client: httpx.Client | None = None
 
     @property
@@ -166,15 +168,10 @@ class Service:
         return self._client
 
     def start(self, ready_path: str = "/health", timeout: float = 20.0) -> Service:
-        with open(self.log_path, "ab") as log:
-            self.process = spawn(
-                self.args,
-                cwd=self.cwd,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # so stop() reaches uvicorn's reloader children too
-            )
+        if warm_starts.can_start(self.args, self.env):
+            self.process = warm_starts.start(self.args, self.env, self.cwd, self.log_path)
+        else:
+            self._start_cold()
         try:
             wait_for(self._ready(ready_path), timeout=timeout, what=f"{self.url}{ready_path} answering")
         except TimeoutError:
@@ -184,6 +181,17 @@ class Service:
             self.stop()
             raise
         return self
+
+    def _start_cold(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = spawn(
+                self.args,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # so stop() reaches uvicorn's reloader children too
+            )
 
     def _ready(self, path: str) -> Callable[[], bool]:
         def check() -> bool:
