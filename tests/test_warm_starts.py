@@ -80,6 +80,17 @@ def test_a_python_setting_removed_from_the_environment_starts_cold(monkeypatch: 
     assert not warm_starts.can_start(args, {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"})
 
 
+def test_a_process_forked_from_the_tests_starts_cold() -> None:
+    """A fork (mutmut runs each mutant's tests in one) cannot use its parent's forkserver."""
+    args = [sys.executable, "-m", "uvicorn", "offer_service:app"]
+    assert warm_starts.can_start(args, dict(os.environ))
+    child = os.fork()
+    if child == 0:
+        os._exit(0 if not warm_starts.can_start(args, dict(os.environ)) else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_nothing_preloaded_reads_the_environment_the_services_are_given() -> None:
     """prometheus-client picks its multi-process mode once, at import, from
     PROMETHEUS_MULTIPROC_DIR: preloaded, every warm service would have the tests' choice."""

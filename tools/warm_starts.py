@@ -59,12 +59,16 @@ PRELOADED = [
 STARTS_PYTHON = ("PYTHON", "LD_")
 
 _context: multiprocessing.context.ForkServerContext | None = None
+# The process that enabled warm starts: its forkserver is its own, and a process forked from
+# it (mutmut runs each mutant's tests in one) starts its services cold.
+_owner = 0
 _started: list[WarmProcess] = []
 
 
 def enable() -> None:
     """Start eligible services warm from now on, in this process."""
-    global _context
+    global _context, _owner
+    _owner = os.getpid()
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
         _context.set_forkserver_preload(PRELOADED)
@@ -74,7 +78,7 @@ def enable() -> None:
 
 def can_start(args: list[str], env: Mapping[str, str]) -> bool:
     """Whether `args` with `env` can be started warm: `python -m uvicorn`, Python unchanged."""
-    if _context is None or args[:3] != [sys.executable, "-m", "uvicorn"]:
+    if _context is None or os.getpid() != _owner or args[:3] != [sys.executable, "-m", "uvicorn"]:
         return False
     names = {name for name in (*env, *os.environ) if name.startswith(STARTS_PYTHON)}
     return all(env.get(name) == os.environ.get(name) for name in names)
