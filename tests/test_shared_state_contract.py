@@ -770,8 +770,12 @@ async def test_an_older_record_is_seeded_with_this_instances_open_period(
     await eventually(lambda: settled(breaker), what="trip written")
     clock.advance(3)
     version = int(redis_client.hget(CIRCUIT, "version") or 0)
-    redis_client.hset(CIRCUIT, mapping={"state": "closed", "version": version - 1, "fail_counter": 0})
-    redis_client.hdel(CIRCUIT, "opened_at")
+    # In one transaction: between two commands the instance could seed the record, and the
+    # second would then delete the open period it had just written.
+    with redis_client.pipeline(transaction=True) as older:
+        older.hset(CIRCUIT, mapping={"state": "closed", "version": version - 1, "fail_counter": 0})
+        older.hdel(CIRCUIT, "opened_at")
+        older.execute()
     await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="seeded")
     age_ms = int(time.time() * 1000) - int(redis_client.hget(CIRCUIT, "opened_at") or 0)
     assert 2900 <= age_ms < 4500  # three seconds into its open period, not a new one
