@@ -439,6 +439,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             return  # Redis has not seen some writes of ours yet: the reply to them settles it
         state_changed = shared.state != self._state
         version_changed = shared.version != self._version
+        copy_of_known = not version_changed and shared.seq == self._seq
         self._version, self._seq = shared.version, shared.seq
         if not self._out.transitions_pending():
             self._next_base = shared.version
@@ -450,12 +451,13 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             self._window.recount(shared.seeded)
         if shared.state != pybreaker.STATE_OPEN or shared.open_age is None:
             self._opened_clock = None
-        else:
-            # Never earlier than what this process already knew: err on staying open.
-            heard = self._clock() - shared.open_age
-            self._opened_clock = (
-                heard if version_changed or self._opened_clock is None else max(heard, self._opened_clock)
-            )
+        elif version_changed or self._opened_clock is None:
+            self._opened_clock = self._clock() - shared.open_age
+        elif not copy_of_known:
+            # Never earlier than what this process already knew: err on staying open. A copy
+            # of the write already heard (the periodic read, this process's own pub/sub
+            # message) says nothing new, and one that came late would restart the period.
+            self._opened_clock = max(self._clock() - shared.open_age, self._opened_clock)
         if state_changed or version_changed:
             self._change(shared.state)
 

@@ -484,6 +484,23 @@ async def test_an_instance_that_hears_a_trip_counts_from_redis_stamp(
     await eventually(lambda: a.state_name == "open", what="a hears it too")
 
 
+async def test_a_copy_of_a_record_already_heard_does_not_move_the_open_period(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    """The periodic read, or this instance's own pub/sub message, brings the record it
+    already has (same version, same write): the open period's start stays as first heard.
+    Else a copy that arrived late (after the fake clock moved on, here) restarted it."""
+    clock = FakeClock()
+    breaker = await fleet(clock=clock, circuit_reset_timeout=10)
+    await trip(breaker)
+    await eventually(lambda: settled(breaker), what="trip written")
+    assert breaker.seconds_until_trial() == pytest.approx(10, abs=0.5)
+    clock.advance(6)
+    before = evalsha_calls(redis_client)
+    await eventually(lambda: evalsha_calls(redis_client) >= before + 2, what="two periodic reads")
+    assert breaker.seconds_until_trial() == pytest.approx(4, abs=0.5)
+
+
 async def test_a_closed_circuit_has_no_open_period(fleet: Fleet, redis_client: redis.Redis) -> None:
     breaker = await fleet()
     assert breaker.seconds_until_trial() == 0.0
