@@ -439,7 +439,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             return  # Redis has not seen some writes of ours yet: the reply to them settles it
         state_changed = shared.state != self._state
         version_changed = shared.version != self._version
-        copy_of_known = not version_changed and shared.seq == self._seq
+        new_write = shared.seq != self._seq
         self._version, self._seq = shared.version, shared.seq
         if not self._out.transitions_pending():
             self._next_base = shared.version
@@ -453,7 +453,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             self._opened_clock = None
         elif version_changed or self._opened_clock is None:
             self._opened_clock = self._clock() - shared.open_age
-        elif not copy_of_known:
+        elif new_write:
             # Never earlier than what this process already knew: err on staying open. A copy
             # of the write already heard (the periodic read, this process's own pub/sub
             # message) says nothing new, and one that came late would restart the period.
