@@ -271,13 +271,19 @@ class OneLineStartupErrors:
 
 def configure_logging(level: str, httpx_level: str = "warning") -> None:
     """Apply `log_config` in this process: from an app's lifespan, so that it
-    holds however the app was started (`python offer_service.py`, `uvicorn`, workers)."""
-    logging.config.dictConfig(log_config(level, httpx_level))
+    holds however the app was started (`python offer_service.py`, `uvicorn`, workers).
+
+    uvicorn has configured its loggers by then: `--no-access-log` left its access
+    logger nowhere to write, and that choice is kept."""
+    access_log = logging.getLogger("uvicorn.access").hasHandlers()
+    logging.config.dictConfig(log_config(level, httpx_level, access_log))
 
 
-def log_config(level: str, httpx_level: str = "warning") -> dict[str, Any]:
+def log_config(level: str, httpx_level: str = "warning", access_log: bool = True) -> dict[str, Any]:
     """One format for our loggers, uvicorn's and httpx's; also given to `uvicorn.run`
-    so that the reloader's own lines look the same."""
+    so that the reloader's own lines look the same. With `access_log` off the access
+    logger gets nowhere to write, which is how uvicorn is told not to build a line
+    per request."""
     upper = level.upper()
     return {
         "version": 1,
@@ -295,8 +301,9 @@ def log_config(level: str, httpx_level: str = "warning") -> dict[str, Any]:
             # handlers and no propagation; hand them to the root's handler instead.
             **{
                 name: {"level": upper, "handlers": [], "propagate": True}
-                for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+                for name in ("uvicorn", "uvicorn.error")
             },
+            "uvicorn.access": {"level": upper, "handlers": [], "propagate": access_log},
             "httpx": {"level": httpx_level.upper()},
             "httpcore": {"level": "WARNING"},
         },

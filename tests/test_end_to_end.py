@@ -191,3 +191,20 @@ def test_forcing_a_state_twice_answers_200_and_records_one_transition(offers: Se
     assert any('from_state="open",to_state="closed"} 1.0' in line for line in transitions), transitions
     assert not any('from_state="open",to_state="open"' in line for line in transitions)
     assert not any('from_state="closed",to_state="closed"' in line for line in transitions)
+
+
+@pytest.mark.parametrize("app", ["offer_service:app", "partner_offer_service:app"])
+@pytest.mark.parametrize("access_log", [True, False])
+def test_uvicorns_access_log_flag_holds_after_the_services_logging_set_up(
+    app: str, access_log: bool, tmp_path: Path
+) -> None:
+    """A line per request by default, none with `--no-access-log`, at LOG_LEVEL=info: the
+    lifespan's logging set-up once handed the access logger to the root's handler again,
+    and every request was logged whatever the flag said."""
+    service = uvicorn_service(app, env={"LOG_LEVEL": "info"}, log_dir=tmp_path)
+    if access_log:
+        service.args.remove("--no-access-log")
+    with service:
+        assert service.get("/no-such-page").status_code == 404
+        logged = [line for line in service.log().splitlines() if '"GET /no-such-page HTTP/1.1" 404' in line]
+    assert len(logged) == (1 if access_log else 0), service.log()
