@@ -133,8 +133,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from types import CoroutineType, TracebackType
-from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
+from types import CoroutineType, GeneratorType, TracebackType
+from typing import Any, Literal, ParamSpec, Protocol, TypeGuard, TypeVar, cast, overload
 
 import pybreaker
 
@@ -671,9 +671,16 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         self._before_call(func)
         return state, is_trial
 
-    def _refusing(self) -> bool:
-        """Whether the circuit is open and permits no trial yet (pybreaker's `state`, refreshed)."""
-        return self.state_machine.state.name == pybreaker.STATE_OPEN and self.seconds_until_trial() > 0
+    def _refusing(self, state: pybreaker.CircuitBreakerState | None = None, stored: str = "") -> bool:
+        """Whether the circuit is open and permits no trial yet.
+
+        pybreaker's `state` refreshes the state object from the storage; a caller that has
+        read both (`state`, and the storage's `stored`) and found them open skips it: that
+        is every call of an outage."""
+        seen_open = type(state) is pybreaker.CircuitOpenState and stored == pybreaker.STATE_OPEN
+        if not seen_open and self.state_machine.state.name != pybreaker.STATE_OPEN:
+            return False
+        return self.seconds_until_trial() > 0
 
     async def call(
         self,
@@ -706,18 +713,17 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         ) or not self._hear_calls()
         state: pybreaker.CircuitBreakerState = self.state_machine._state
         storage: Any = self._storage
-        if (
-            type(state) is pybreaker.CircuitClosedState
-            and (storage._state if self._state_in_field else storage.state) == pybreaker.STATE_CLOSED
-        ):
+        stored = storage._state if self._state_in_field else storage.state
+        if type(state) is pybreaker.CircuitClosedState and stored == pybreaker.STATE_CLOSED:
             is_trial = False
             if not quiet:
                 self._before_call(func)
-        elif self._refusing():  # refused without an await: during an outage, every call
+        elif self._refusing(state, stored):  # refused without an await: during an outage, every call
             refused = NotPermitted("circuit-open")
             if fallback is None:
                 raise refused
-            return await _fall_back(fallback, refused)
+            answer = fallback(refused)
+            return cast(T, await answer if _awaitable(answer) else answer)
         else:
             try:
                 state, is_trial = await self._admit_not_closed(func)
@@ -873,7 +879,10 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         if self._opened_clock is None:
             return 0.0
         until = self._opened_clock + self.state_machine.reset_timeout
-        return max(0.0, until - self._clock(), (self._hold_until or 0.0) - self._clock())
+        if self._hold_until is not None and self._hold_until > until:
+            until = self._hold_until
+        left = until - self._clock()
+        return left if left > 0.0 else 0.0
 
     def window_counts(self) -> WindowCounts | None:
         """The rate policy's window: the fleet's with shared state, else this process's."""
@@ -1189,9 +1198,25 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
 
 async def _fall_back(fallback: Callable[[Exception], T | Awaitable[T]], error: Exception) -> T:
     result = fallback(error)
-    if inspect.isawaitable(result):
-        return await result
-    return result
+    return cast(T, await result if _awaitable(result) else result)
+
+
+# Whether objects of a type are awaitable, as `inspect.isawaitable` found it: its check
+# against `collections.abc.Awaitable` was a fifth of what refusing a call costs, and a
+# fallback answers with the same few types call after call.
+_AWAITABLE_TYPES: dict[type, bool] = {}
+
+
+def _awaitable(value: object) -> TypeGuard[Awaitable[Any]]:
+    """`inspect.isawaitable(value)`, remembered per type. A generator is asked every time:
+    whether it is awaitable is a flag of its code, not of its type."""
+    kind = type(value)
+    known = _AWAITABLE_TYPES.get(kind)
+    if known is None:
+        known = inspect.isawaitable(value)
+        if kind is not GeneratorType:
+            _AWAITABLE_TYPES[kind] = known
+    return known
 
 
 # pybreaker's private names, each used here only, but for the hot path's, read inline where a

@@ -8,6 +8,7 @@ worse, as a service that runs with a default nobody chose.
 from __future__ import annotations
 
 import logging.config
+from collections.abc import Awaitable
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -248,9 +249,14 @@ class OneLineStartupErrors:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain method handing requests the app's own awaitable: no coroutine of its
+        # own wrapped around each of them.
         if scope["type"] != "lifespan":
-            return await self.app(scope, receive, send)
+            return self.app(scope, receive, send)
+        return self._lifespan(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         held: list[Message] = []
 
         async def hold_startup_failure(message: Message) -> None:

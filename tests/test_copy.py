@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import logging
 import shutil
 import subprocess
+import types
 import venv
+from collections.abc import Generator
 from pathlib import Path
 
 import pybreaker
@@ -302,6 +305,45 @@ async def test_an_async_fallback_is_awaited_and_the_decorator_takes_one() -> Non
     assert await fetch(False) == "hot"
     assert await fetch(True) == "cold after PartnerDown"
     assert await fetch(False) == "cold after NotPermitted"
+
+
+async def test_a_fallbacks_answer_is_awaited_exactly_when_it_is_awaitable() -> None:
+    """Awaited: a coroutine, an object with `__await__`, a generator-based coroutine.
+    Returned as it is: anything else, a plain generator too, although it has the same type
+    as a generator-based coroutine (answered in turn, so a remembered type would mix them)."""
+
+    @types.coroutine
+    def generator_coroutine() -> Generator[None, None, str]:
+        if False:
+            yield
+        return "awaited generator"
+
+    def plain_generator() -> Generator[str, None, None]:
+        yield "item"
+
+    class Later:
+        def __await__(self) -> Generator[None, None, str]:
+            if False:
+                yield
+            return "awaited later"
+
+    async def coroutine() -> str:
+        return "awaited coroutine"
+
+    answers = iter(
+        [generator_coroutine(), plain_generator(), Later(), coroutine(), plain_generator(), "cold"]
+    )
+    breaker = breaker_on(FakeClock())
+    breaker.trip()
+    results = [await breaker.call(ok, fallback=lambda _: next(answers)) for _ in range(6)]
+    assert [r if isinstance(r, str) else inspect.isgenerator(r) for r in results] == [
+        "awaited generator",
+        True,
+        "awaited later",
+        "awaited coroutine",
+        True,
+        "cold",
+    ]
 
 
 async def test_a_fallback_does_not_hide_an_excluded_or_not_counted_error() -> None:
