@@ -1203,8 +1203,10 @@ async def _fall_back(fallback: Callable[[Exception], T | Awaitable[T]], error: E
 
 # Whether objects of a type are awaitable, as `inspect.isawaitable` found it: its check
 # against `collections.abc.Awaitable` was a fifth of what refusing a call costs, and a
-# fallback answers with the same few types call after call.
+# fallback answers with the same few types call after call. Bounded, for a program that
+# makes classes as it runs.
 _AWAITABLE_TYPES: dict[type, bool] = {}
+_AWAITABLE_TYPES_KEPT = 256
 
 
 def _awaitable(value: object) -> TypeGuard[Awaitable[Any]]:
@@ -1214,7 +1216,7 @@ def _awaitable(value: object) -> TypeGuard[Awaitable[Any]]:
     known = _AWAITABLE_TYPES.get(kind)
     if known is None:
         known = inspect.isawaitable(value)
-        if kind is not GeneratorType:
+        if kind is not GeneratorType and len(_AWAITABLE_TYPES) < _AWAITABLE_TYPES_KEPT:
             _AWAITABLE_TYPES[kind] = known
     return known
 

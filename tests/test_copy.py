@@ -18,6 +18,7 @@ from pathlib import Path
 import pybreaker
 import pytest
 
+import circuit_breaker
 from circuit_breaker import (
     RATE_POLICY_FAIL_MAX,
     AsyncCircuitBreaker,
@@ -344,6 +345,16 @@ async def test_a_fallbacks_answer_is_awaited_exactly_when_it_is_awaitable() -> N
         True,
         "cold",
     ]
+
+
+async def test_the_types_remembered_for_fallback_answers_are_bounded() -> None:
+    """A program that makes a class as it runs does not grow the breaker's memory with it."""
+    breaker = breaker_on(FakeClock())
+    breaker.trip()
+    for number in range(circuit_breaker._AWAITABLE_TYPES_KEPT + 50):
+        answer = type(f"Answer{number}", (), {})()
+        assert await breaker.call(ok, fallback=lambda _, answer=answer: answer) is answer
+    assert len(circuit_breaker._AWAITABLE_TYPES) == circuit_breaker._AWAITABLE_TYPES_KEPT
 
 
 async def test_a_fallback_does_not_hide_an_excluded_or_not_counted_error() -> None:
