@@ -308,7 +308,9 @@ async def test_an_async_fallback_is_awaited_and_the_decorator_takes_one() -> Non
     assert await fetch(False) == "cold after NotPermitted"
 
 
-async def test_a_fallbacks_answer_is_awaited_exactly_when_it_is_awaitable() -> None:
+async def test_a_fallbacks_answer_is_awaited_exactly_when_it_is_awaitable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Awaited: a coroutine, an object with `__await__`, a generator-based coroutine.
     Returned as it is: anything else, a plain generator too, although it has the same type
     as a generator-based coroutine (answered in turn, so a remembered type would mix them)."""
@@ -331,6 +333,7 @@ async def test_a_fallbacks_answer_is_awaited_exactly_when_it_is_awaitable() -> N
     async def coroutine() -> str:
         return "awaited coroutine"
 
+    monkeypatch.setattr(circuit_breaker, "_AWAITABLE_TYPES", {})  # nothing remembered from other tests
     answers = iter(
         [generator_coroutine(), plain_generator(), Later(), coroutine(), plain_generator(), "cold"]
     )
@@ -347,8 +350,11 @@ async def test_a_fallbacks_answer_is_awaited_exactly_when_it_is_awaitable() -> N
     ]
 
 
-async def test_the_types_remembered_for_fallback_answers_are_bounded() -> None:
+async def test_the_types_remembered_for_fallback_answers_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """A program that makes a class as it runs does not grow the breaker's memory with it."""
+    # A dict of this test's own: filled up, the process's would remember nothing for the
+    # tests after this one.
+    monkeypatch.setattr(circuit_breaker, "_AWAITABLE_TYPES", {})
     breaker = breaker_on(FakeClock())
     breaker.trip()
     for number in range(circuit_breaker._AWAITABLE_TYPES_KEPT + 50):
