@@ -313,6 +313,14 @@ def test_every_file_the_pages_name_exists() -> None:
     assert not missing, missing
 
 
+def test_the_tests_page_names_every_test_file() -> None:
+    """The README sends readers to docs/tests.md for every test file."""
+    page = (PROJECT_DIR / "docs/tests.md").read_text()
+    files = sorted(path.relative_to(PROJECT_DIR).as_posix() for path in PROJECT_DIR.glob("tests/test_*.py"))
+    assert files, "no test file found: is the pattern still right?"
+    assert [name for name in files if f"`{name}`" not in page] == []
+
+
 def test_each_rule_is_stated_once_and_linked_from_elsewhere() -> None:
     """Retry-After and the noise that flaps the consecutive policy: one statement each, in
     docs/breaker.md; a page that mentions them links there instead of saying it again."""
