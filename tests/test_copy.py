@@ -363,6 +363,33 @@ async def test_the_types_remembered_for_fallback_answers_are_bounded(monkeypatch
     assert len(circuit_breaker._AWAITABLE_TYPES) == circuit_breaker._AWAITABLE_TYPES_KEPT
 
 
+async def test_a_function_returning_another_kind_of_awaitable_is_awaited_and_counted() -> None:
+    """A coroutine is the usual answer of a guarded function, not the only one: a Future, or
+    an object with `__await__`, is awaited the same way and its outcome counted."""
+    loop = asyncio.get_running_loop()
+
+    def settled(result: str | Exception) -> asyncio.Future[str]:
+        future: asyncio.Future[str] = loop.create_future()
+        if isinstance(result, Exception):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+        return future
+
+    class Later:
+        def __await__(self) -> Generator[None, None, str]:
+            if False:
+                yield
+            return "later"
+
+    breaker = breaker_on(FakeClock())
+    assert await breaker.call(settled, "from a future") == "from a future"
+    assert await breaker.call(Later) == "later"
+    with pytest.raises(PartnerDown):
+        await breaker.call(settled, PartnerDown())
+    assert breaker.fail_counter == 1
+
+
 async def test_a_fallback_does_not_hide_an_excluded_or_not_counted_error() -> None:
     class Mine(Exception):
         pass
