@@ -308,6 +308,18 @@ async def test_an_async_fallback_is_awaited_and_the_decorator_takes_one() -> Non
     assert await fetch(False) == "cold after NotPermitted"
 
 
+class Later:
+    """An awaitable that is not a coroutine: an object with `__await__`, answering `value`."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[None, None, str]:
+        if False:
+            yield
+        return self.value
+
+
 async def test_a_fallbacks_answer_is_awaited_exactly_when_it_is_awaitable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -324,18 +336,19 @@ async def test_a_fallbacks_answer_is_awaited_exactly_when_it_is_awaitable(
     def plain_generator() -> Generator[str, None, None]:
         yield "item"
 
-    class Later:
-        def __await__(self) -> Generator[None, None, str]:
-            if False:
-                yield
-            return "awaited later"
-
     async def coroutine() -> str:
         return "awaited coroutine"
 
     monkeypatch.setattr(circuit_breaker, "_AWAITABLE_TYPES", {})  # nothing remembered from other tests
     answers = iter(
-        [generator_coroutine(), plain_generator(), Later(), coroutine(), plain_generator(), "cold"]
+        [
+            generator_coroutine(),
+            plain_generator(),
+            Later("awaited later"),
+            coroutine(),
+            plain_generator(),
+            "cold",
+        ]
     )
     breaker = breaker_on(FakeClock())
     breaker.trip()
@@ -376,15 +389,9 @@ async def test_a_function_returning_another_kind_of_awaitable_is_awaited_and_cou
             future.set_result(result)
         return future
 
-    class Later:
-        def __await__(self) -> Generator[None, None, str]:
-            if False:
-                yield
-            return "later"
-
     breaker = breaker_on(FakeClock())
     assert await breaker.call(settled, "from a future") == "from a future"
-    assert await breaker.call(Later) == "later"
+    assert await breaker.call(Later, "later") == "later"
     with pytest.raises(PartnerDown):
         await breaker.call(settled, PartnerDown())
     assert breaker.fail_counter == 1
