@@ -510,6 +510,37 @@ async def test_log_listener_logs_calls_once_debug_is_enabled_at_run_time(
     ] * 2
 
 
+async def test_log_listener_logs_a_call_made_while_loggings_cache_is_empty(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A level set on any logger empties every logger's cache of answers: the breaker asks
+    logging again then, rather than taking the empty cache for DEBUG off."""
+    breaker = make_breaker()
+    caplog.set_level(logging.DEBUG, logger="circuit_breaker")
+    logging.getLogger("tests.elsewhere").setLevel(logging.NOTSET)
+    await breaker.call(ok)
+    assert [record.getMessage() for record in caplog.records] == [
+        "partner-offer: before call to ok",
+        "partner-offer: call succeeded",
+    ]
+
+
+async def test_a_permit_admitted_once_the_state_is_read_again_tells_listeners_of_its_success() -> None:
+    """Two breakers on one storage, as two workers see one state: the one that last saw the
+    circuit open, after the other closed it, admits through the full path, and a listener
+    that hears calls hears that call end too."""
+    storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+    closer, behind = standalone(state_storage=storage), standalone(state_storage=storage)
+    await trip(closer, alone=True)
+    with pytest.raises(NotPermitted):
+        await behind.call(ok)  # it reads the open state
+    closer.reset()
+    counter = CallCounter()
+    behind.add_listener(counter)
+    (await behind.admit()).success()
+    assert (counter.before_calls, counter.successes) == (1, 1)
+
+
 async def test_a_cut_short_call_leaves_its_task_free_to_await_again() -> None:
     breaker = make_breaker()
     inside = asyncio.Event()

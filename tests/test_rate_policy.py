@@ -270,6 +270,38 @@ async def test_the_window_counts_every_success_those_that_cannot_trip_too() -> N
     assert (window["calls"], window["failures"]) == (8, 1)
 
 
+async def test_successes_that_cannot_trip_stay_in_the_bucket_they_ended_in_and_leave_with_it() -> None:
+    """Such successes are added up apart and put in the newest bucket later: beside the calls
+    already there, and only while that bucket is the newest (no later than its end)."""
+    clock = FakeClock(0.0)
+    breaker = rate_breaker(clock)  # a 10 s window: ten buckets of one second, 20 calls at least
+    for _ in range(20):
+        await breaker.call(ok)  # at 0.0, in [0, 1): from here on, a success cannot trip
+    clock.advance(0.5)
+    for _ in range(5):
+        await breaker.call(ok)  # 0.5: still in [0, 1)
+    clock.advance(1.0)
+    for _ in range(3):
+        await breaker.call(ok)  # 1.5: in [1, 2)
+    assert breaker.window_counts() == WindowCounts(calls=28)
+    clock.advance(9.0)  # 10.5: [0, 1) left the window with its 25 calls, [1, 2) is still in it
+    assert breaker.window_counts() == WindowCounts(calls=3)
+
+
+async def test_a_success_that_took_exactly_the_slow_call_seconds_is_slow_where_successes_cannot_trip() -> None:
+    clock = FakeClock(0.0)
+    breaker = rate_breaker(clock, circuit_slow_call_seconds=0.5)  # under a bucket (1 s)
+
+    async def just_slow() -> str:
+        clock.advance(0.5)  # ends at 0.5, in the bucket it began in
+        return "hot"
+
+    for _ in range(20):
+        await breaker.call(ok)  # at 0.0: from here on, a fast success cannot trip
+    await breaker.call(just_slow)
+    assert breaker.window_counts() == WindowCounts(calls=21, slow=1)
+
+
 class FleetStandIn:
     """A shared state whose Redis answers until the test says otherwise: while it does, the
     fleet decides the trip, not this process's window."""
