@@ -288,7 +288,7 @@ async def test_successes_that_cannot_trip_stay_in_the_bucket_they_ended_in_and_l
     assert breaker.window_counts() == WindowCounts(calls=3)
 
 
-async def test_a_success_that_took_exactly_the_slow_call_seconds_is_slow_where_successes_cannot_trip() -> None:
+async def test_a_success_of_exactly_the_slow_call_seconds_is_slow_where_successes_cannot_trip() -> None:
     clock = FakeClock(0.0)
     breaker = rate_breaker(clock, circuit_slow_call_seconds=0.5)  # under a bucket (1 s)
 
