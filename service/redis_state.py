@@ -224,6 +224,10 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             # A transition made here: Redis applies it only if no other got there first.
             self._send(self._transition_op(state))
             self._next_base += 1
+        # A Retry-After holds the open period it was heard in, no later one: every transition
+        # ends it, here as in Redis (`transition` in the scripts). Kept, a hold heard during
+        # an outage held the next open period too, after a success had closed the circuit.
+        self._hold = 0.0
         if state == pybreaker.STATE_CLOSED:
             self._out.drop_holds()  # a success closed it: a Retry-After heard before is over
         if state == pybreaker.STATE_OPEN:

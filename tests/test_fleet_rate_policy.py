@@ -15,6 +15,7 @@ import redis
 
 from circuit_breaker import AsyncCircuitBreaker, NotPermitted
 from service.partner_client import PartnerFailure
+from service.redis_state import ALONE_JITTER
 from tests.breakers import CIRCUIT, eventually, shared
 from tests.conftest import Fleet
 from tests.fake_clock import FakeClock
@@ -290,6 +291,41 @@ async def test_a_retry_after_heard_during_an_outage_counts_from_when_it_was_hear
     await eventually(written(a), within=5, what="a's outage written")
     hold = int(redis_client.hget(CIRCUIT, "hold_ms") or 0)
     assert 0 < hold <= 6000, f"the hold in Redis lasts {hold} ms from its start"
+
+
+async def test_a_retry_after_heard_during_an_outage_holds_only_the_open_period_it_was_heard_in(
+    fleet: Fleet, redis_server: RedisServer
+) -> None:
+    clock = FakeClock()
+    a = await fleet(circuit_reset_timeout=1.0, clock=clock)
+    with frozen(redis_server):
+        for _ in range(3):  # each a failure; the third opens the circuit, held for 20 s
+            await outcome(a, partner_busy(20))
+        await eventually(lambda: not shared(a).connected, within=5, what="a lost Redis")
+        clock.advance(24)  # the hold is over: a's trial succeeds
+        assert await outcome(a, ok) == "success"
+        for _ in range(3):  # a new open period, with no Retry-After
+            await outcome(a, fail)
+        assert a.state_name == "open"
+        clock.advance(1.0 * (1 + ALONE_JITTER) + 0.1)  # the reset timeout, alone: no hold
+        assert await outcome(a, ok) == "success"
+        assert a.state_name == "closed"
+
+
+async def test_calls_made_during_an_outage_longer_than_the_window_are_not_added_when_redis_answers(
+    fleet: Fleet, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """Counts wait for Redis while they are inside the window, no longer: the fleet's trip
+    is about the last window's calls."""
+    clock = FakeClock()
+    a = await fleet(clock=clock, **{**RATE, "circuit_reset_timeout": RESET_TIMEOUT})
+    with frozen(redis_server):
+        await eventually(lambda: not shared(a).connected, within=5, what="a lost Redis")
+        for call in [fail] * 5 + [ok] * 3:
+            await outcome(a, call)
+        clock.advance(11)  # the outage outlasts the 10 s window
+    await eventually(written(a), within=5, what="a back on Redis with nothing left to send")
+    assert fleet_window(redis_client) == (0, 0)
 
 
 @pytest.mark.parametrize("field, value", [("hold_ms", b"abc"), ("version", b"x"), ("state", b"weird")])
