@@ -83,6 +83,15 @@ def partner_busy(seconds: float) -> Callable[[], Awaitable[str]]:
     return call
 
 
+async def held_open_while_redis_is_out(a: AsyncCircuitBreaker) -> None:
+    """Three failures, each asking for 20 s: the third opens `a`'s circuit, held that long,
+    while Redis (frozen by the caller) does not answer; `a` notices that it lost Redis."""
+    for _ in range(3):
+        await outcome(a, partner_busy(20))
+    assert a.state_name == "open"
+    await eventually(lambda: not shared(a).connected, within=5, what="a lost Redis")
+
+
 async def test_a_trip_decided_while_redis_is_unreachable_opens_the_fleet_when_it_answers(
     fleet: Fleet, redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
@@ -263,10 +272,7 @@ async def test_a_retry_after_heard_during_an_outage_does_not_outlive_a_later_suc
     a = await fleet(circuit_reset_timeout=1.0, clock=clock)
     b = await fleet(circuit_reset_timeout=1.0)
     with frozen(redis_server):
-        for _ in range(3):  # each a failure; the third opens the circuit, held for 20 s
-            await outcome(a, partner_busy(20))
-        assert a.state_name == "open"
-        await eventually(lambda: not shared(a).connected, within=5, what="a lost Redis")
+        await held_open_while_redis_is_out(a)
         clock.advance(24)  # the hold is over: a's trial succeeds
         assert await outcome(a, ok) == "success"
         assert a.state_name == "closed"
@@ -283,10 +289,7 @@ async def test_a_retry_after_heard_during_an_outage_counts_from_when_it_was_hear
     clock = FakeClock()
     a = await fleet(circuit_reset_timeout=1.0, clock=clock)
     with frozen(redis_server):
-        for _ in range(3):  # each a failure; the third opens the circuit, held for 20 s
-            await outcome(a, partner_busy(20))
-        assert a.state_name == "open"
-        await eventually(lambda: not shared(a).connected, within=5, what="a lost Redis")
+        await held_open_while_redis_is_out(a)
         clock.advance(15)  # 5 s of the hold left
     await eventually(written(a), within=5, what="a's outage written")
     hold = int(redis_client.hget(CIRCUIT, "hold_ms") or 0)
@@ -299,9 +302,7 @@ async def test_a_retry_after_heard_during_an_outage_holds_only_the_open_period_i
     clock = FakeClock()
     a = await fleet(circuit_reset_timeout=1.0, clock=clock)
     with frozen(redis_server):
-        for _ in range(3):  # each a failure; the third opens the circuit, held for 20 s
-            await outcome(a, partner_busy(20))
-        await eventually(lambda: not shared(a).connected, within=5, what="a lost Redis")
+        await held_open_while_redis_is_out(a)
         clock.advance(24)  # the hold is over: a's trial succeeds
         assert await outcome(a, ok) == "success"
         for _ in range(3):  # a new open period, with no Retry-After
