@@ -329,7 +329,9 @@ async def test_calls_made_during_an_outage_longer_than_the_window_are_not_added_
     assert fleet_window(redis_client) == (0, 0)
 
 
-@pytest.mark.parametrize("field, value", [("hold_ms", b"abc"), ("version", b"x"), ("state", b"weird")])
+@pytest.mark.parametrize(
+    "field, value", [("hold_ms", b"abc"), ("version", b"x"), ("state", b"weird"), ("opened_at", b"soon")]
+)
 async def test_an_unreadable_record_is_logged_once_and_seeded_again(
     fleet: Fleet, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture, field: str, value: bytes
 ) -> None:
@@ -347,6 +349,17 @@ async def test_an_unreadable_record_is_logged_once_and_seeded_again(
     a.trip()
     await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="the trip written")
     assert a.state_name == "open" and shared(a).connected
+
+
+async def test_a_seeding_id_that_is_not_utf_8_is_read_as_an_id(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    """The id is only compared with the last one heard: any bytes will do, and a snapshot
+    that carries odd ones is heard like any other."""
+    a, b = await fleet(circuit_reset_timeout=RESET_TIMEOUT), await fleet(circuit_reset_timeout=RESET_TIMEOUT)
+    redis_client.hset(CIRCUIT, "seeded", b"\xff\xfe")
+    await outcome(b, fail)  # a failure in a row: its snapshot, with that id, reaches a
+    await eventually(lambda: a.fail_counter == 1, within=5, what="a heard b's failure")
 
 
 async def test_a_huge_hold_read_back_is_capped(fleet: Fleet, redis_client: redis.Redis) -> None:

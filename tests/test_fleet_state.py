@@ -459,6 +459,41 @@ async def test_stop_returns_within_its_bound_with_writes_in_flight(
         assert time.monotonic() - started < STOP_TIMEOUT + 0.3
 
 
+async def test_a_success_made_while_a_failure_is_on_its_way_to_redis_still_resets_the_count(
+    fleet: Fleet, redis_server: RedisServer
+) -> None:
+    """The reply to the failure's write counts it, not the success made since: the count
+    this instance keeps is Redis's with its own unsent entries on top, a reset among them."""
+    with delay_proxy(redis_server.port, delay=0.05) as url:
+        a = await fleet(url=url, circuit_fail_max=2)
+        with pytest.raises(PartnerDown):
+            await a.call(fail)
+        await eventually(lambda: shared(a)._in_flight, within=5, what="the failure on its way")
+        assert await a.call(ok) == "hot"
+
+        def reset_on_its_way() -> bool:
+            return any(entry[0] == "reset-failures" for entry in shared(a)._in_flight)
+
+        await eventually(reset_on_its_way, within=5, what="the reset sent after the failure's reply")
+        with pytest.raises(PartnerDown):
+            await a.call(fail)
+        assert (a.state_name, a.fail_counter) == ("closed", 1)
+
+
+async def test_a_stop_with_redis_answering_writes_what_is_left_and_abandons_nothing(
+    fleet: Fleet, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    breaker = await fleet(circuit_fail_max=10_000)
+    for failures in range(1, 6):
+        with pytest.raises(PartnerDown):
+            await breaker.call(fail)
+        if failures == 1:  # the writer at work: the rest is left for the stop to write
+            await eventually(lambda: redis_client.hget(CIRCUIT, "fail_counter") == b"1", what="a write")
+    await shared(breaker).stop()
+    assert redis_client.hget(CIRCUIT, "fail_counter") == b"5"
+    assert [r.getMessage() for r in caplog.records if "abandoned" in r.getMessage()] == []
+
+
 async def test_stop_right_after_start_returns_within_its_bound(fleet: Fleet) -> None:
     for _ in range(10):
         breaker = await fleet()
