@@ -46,7 +46,6 @@ class FleetWindow:
         self._fleet_heard = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.recounted = ""  # the seeding this instance's recent calls were added to
-        self._recounting = False  # the unsent calls are a recount only: they may not trip
 
     def share(self, calls: CallWindow) -> None:
         """Count the calls counted in `calls` from now on."""
@@ -70,9 +69,11 @@ class FleetWindow:
         A recount with no call ended since is a `recount`, which never trips the fleet
         (see `recount`): a call's end is what lets the fleet decide on its window."""
         unsent = self.unsent
-        recount_only = self._recounting and (self._calls is None or self._calls.counted() == self._taken)
+        # Carried calls are a recount's (nothing else carries any): alone, they may not trip.
+        recount_only = bool(self._carried.calls) and (
+            self._calls is None or self._calls.counted() == self._taken
+        )
         self._drop_unsent()
-        self._recounting = False
         if not unsent.calls:
             return None
         op = "recount" if recount_only else "window"
@@ -110,7 +111,6 @@ class FleetWindow:
     def clear(self) -> None:
         """An operator's reset: the window starts afresh here too."""
         self._drop_unsent()
-        self._recounting = False
         self._fleet = None
 
     def drop_if_older_than_window(self, since: float) -> None:
@@ -129,7 +129,6 @@ class FleetWindow:
             return
         self._drop_unsent()
         self._carried = self._calls.counts()
-        self._recounting = True
         if self._carried.calls:
             self._due_in(0)
 
