@@ -26,7 +26,7 @@ def fleet_window(clock: FakeClock) -> tuple[FleetWindow, CallWindow]:
 
 
 def test_before_the_breaker_shares_its_window_nothing_is_unsent() -> None:
-    shared = FleetWindow(POLICY, FakeClock(), on_due=lambda: None)
+    shared = FleetWindow(POLICY, FakeClock(0.0), on_due=lambda: None)  # nothing heard, at any time
     assert shared.unsent == WindowCounts()
     assert shared.counts() == WindowCounts()
     assert shared.take() is None
@@ -83,6 +83,7 @@ async def test_a_recount_is_sent_at_once_and_never_trips_until_a_call_ends_after
             calls.record(failed=failed, slow=False)
         shared.take()
         shared.recount("seeding-1")
+        assert shared.timer is not None and shared.timer.when() <= asyncio.get_running_loop().time()
         await asyncio.wait_for(due.wait(), 5)  # not a flush interval later: now
         assert shared.recounted == "seeding-1"
         assert shared.take() == ("recount", f"3,2,0,{RULE}")  # counted again: may not trip
@@ -92,6 +93,23 @@ async def test_a_recount_is_sent_at_once_and_never_trips_until_a_call_ends_after
         assert shared.take() == ("window", f"4,3,0,{RULE}")
     finally:
         shared.cancel()
+
+
+def test_a_new_state_starts_the_breakers_window_afresh_and_sends_nothing_of_the_old_one() -> None:
+    clock = FakeClock()
+    shared, calls = fleet_window(clock)
+    calls.record(failed=True, slow=False)
+    shared.new_state()
+    assert calls.counts() == WindowCounts()
+    assert shared.take() is None
+
+
+async def test_a_cancelled_window_is_never_due_again() -> None:
+    shared = FleetWindow(POLICY, FakeClock(), on_due=lambda: None)
+    shared.start()
+    timer = shared.timer
+    shared.cancel()
+    assert timer is not None and timer.cancelled() and shared.timer is None
 
 
 # The outbox (`service/redis_outbox.py`): what waits to be written.
