@@ -10,6 +10,9 @@
   a Python proxy hop, the ceiling for a healthy partner.
 - `fallback_app`: answers the cold offer without calling anyone: the ceiling
   for an open circuit.
+- `plain_fallback_app`: the same through `PlainRoute`, as `/offer` is served:
+  what an open circuit's request would cost with no breaker, no counters and
+  no headers saying why.
 
 Configured from the same environment as the offer service.
 """
@@ -23,10 +26,11 @@ from contextlib import asynccontextmanager
 import aiohttp
 import httpx
 import pybreaker
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 
-from offer_service import cold_offer, create_app
+from offer_service import JSON_CONTENT_TYPE, cold_offer, cold_offer_body, create_app
 from service.partner_client import MAX_CONNECTIONS
+from service.plain_route import PlainRoute
 from service.settings import OfferSettings
 
 PARTNER_URL = os.environ.get("PARTNER_OFFER_URL", "http://127.0.0.1:8000") + "/offer/hot"
@@ -114,9 +118,22 @@ async def fallback_offer() -> str:
     return cold_offer()
 
 
+plain_fallback_app = FastAPI()
+
+
+async def plain_fallback_offer() -> Response:
+    body = cold_offer_body()
+    response = Response(body)
+    response.raw_headers = [(b"content-length", str(len(body)).encode()), JSON_CONTENT_TYPE]
+    return response
+
+
+plain_fallback_app.router.add_api_route("/offer", plain_fallback_offer, route_class_override=PlainRoute)
+
+
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-for _app in (naive_app, naive_async_app, aiohttp_proxy_app, fallback_app):
+for _app in (naive_app, naive_async_app, aiohttp_proxy_app, fallback_app, plain_fallback_app):
     _app.get("/health")(health)

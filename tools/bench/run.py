@@ -107,6 +107,7 @@ RATE_REDIS = micro.RATE_REDIS  # "this project, rate policy, Redis state"
 PROXY = "raw aiohttp proxy, no breaker"
 AIOBREAKER, CIRCUITBREAKER = micro.AIOBREAKER, micro.CIRCUITBREAKER
 FALLBACK = "fallback only, no partner call"
+PLAIN_FALLBACK = "fallback only, through PlainRoute as /offer is"
 CEILING = {HEALTHY: PROXY, OPEN: FALLBACK}
 OTHER_PYTHONS = ("3.12", "3.13")
 OURS = "offer_service:app"
@@ -152,6 +153,9 @@ CASES = [
     ),
     Case(PROXY, "tools.bench.baselines:aiohttp_proxy_app"),
     Case(FALLBACK, "tools.bench.baselines:fallback_app", scenarios=(HEALTHY, OPEN), in_smoke=True),
+    Case(
+        PLAIN_FALLBACK, "tools.bench.baselines:plain_fallback_app", scenarios=(OPEN,), compared_with=(MEMORY,)
+    ),
 ]
 
 
