@@ -12,10 +12,11 @@ again with its id: Redis applies it once.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 log = logging.getLogger("redis_state")
 
@@ -26,7 +27,15 @@ MAX_OUTBOX = 64
 COUNTS = ("failures", "reset-failures")  # entries that count failures in a row
 NOT_TRANSITIONS = (*COUNTS, "window", "recount")  # the others are transitions
 FORCED = ("force-open", "force-close", "hold")  # applied in Redis whatever their version
-Source = Literal["write", "read", "message", "seed"]
+
+
+class Source(enum.Enum):
+    """Where a snapshot of the record came from, which decides what it may undo here."""
+
+    WRITE = "the reply to this instance's write"
+    READ = "a read"
+    MESSAGE = "a pub/sub message"
+    SEED = "the start-up load or a seeding"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +107,7 @@ class Outbox:
         to the write that carries them settles it, one round trip later.
         `heard_version`: the latest version this instance has heard.
         """
-        if source != "write" and version == heard_version and self.pending():
+        if source is not Source.WRITE and version == heard_version and self.pending():
             return True
         return any(
             op in FORCED or (op not in NOT_TRANSITIONS and base >= version)

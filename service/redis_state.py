@@ -184,8 +184,8 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             client,
             self._channel,
             lambda: self._read(),  # looked up at each read: a test may stand in for it
-            lambda shared: self._heard(shared, "message"),
-            lambda shared: self._heard(shared, "read"),
+            lambda shared: self._heard(shared, Source.MESSAGE),
+            lambda shared: self._heard(shared, Source.READ),
             lambda: self._stopping,
         )
         self._init = client.register_script(scripts.INIT)
@@ -362,7 +362,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             self._suspect_lost()
             return "open"
         try:
-            self._heard(Shared.parse(snapshot), "read")
+            self._heard(Shared.parse(snapshot), Source.READ)
         except UnreadableRecord as bad:
             self._found_unreadable(bad)
             return "open"
@@ -386,7 +386,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         self._warn_if_settings_differ(*(field.decode() if field else "" for field in reply[-4:]))
         self.connected = True
         try:
-            self._heard(Shared.parse(reply), "seed")
+            self._heard(Shared.parse(reply), Source.SEED)
         except UnreadableRecord as bad:
             self._found_unreadable(bad)
             await self._check_record()
@@ -430,16 +430,16 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         would roll back the failures counted since, so it is left for the
         write's reply. Nor does any snapshot undo a transition made here that
         Redis will still apply on top of it (`Outbox.still_to_apply`), whatever its
-        version. A `seed` (start-up, a re-seeded record) is taken whole.
+        version. A seed (start-up, a re-seeded record) is taken whole.
         """
-        if source != "seed" and (not shared.exists or shared.version < self._version):
+        if source is not Source.SEED and (not shared.exists or shared.version < self._version):
             self._suspect_lost()
             return
-        if source != "seed" and shared.seq < self._seq:
+        if source is not Source.SEED and shared.seq < self._seq:
             return  # taken before a snapshot already heard: a reply or a message that came late
-        if source == "message":
+        if source is Source.MESSAGE:
             self._lease.heard_change()
-        if source != "seed" and self._out.still_to_apply(shared.version, self._version, source):
+        if source is not Source.SEED and self._out.still_to_apply(shared.version, self._version, source):
             return  # Redis has not seen some writes of ours yet: the reply to them settles it
         state_changed = shared.state != self._state
         version_changed = shared.version != self._version
@@ -505,7 +505,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         keys = [*self._keys, self._written_key, self._window_key]
         reply = await shielded(self._apply(keys=keys, args=args))
         self._out.in_flight = []
-        self._heard(Shared.parse(reply), "write")
+        self._heard(Shared.parse(reply), Source.WRITE)
         if len(reply) > 8 and self._window is not None:
             self._window.heard(*(int(count) for count in reply[8:11]))
 
@@ -557,7 +557,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
             await self._replace_unreadable(bad)
             return
         if shared.exists and shared.version >= self._version:
-            self._heard(shared, "read")
+            self._heard(shared, Source.READ)
             return
         await self._seed_from_view(reason="missing" if not shared.exists else "older than this instance's")
 
@@ -581,7 +581,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         if not seeded:
             # Another instance seeded it first (an open view here still won): what this
             # process has not written yet goes on top, as it would have on the lost record.
-            self._heard(shared, "read")
+            self._heard(shared, Source.READ)
             return
         log.warning(
             "the circuit's record in Redis was %s: seeded from this instance's view (%s), now %s",
@@ -593,7 +593,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         # stays, and is sent on top of the seed, as on any record.
         del self._out.entries[:counted]
         self._out.in_flight = []
-        self._heard(shared, "write")
+        self._heard(shared, Source.WRITE)
 
     def _lose(self, error: BaseException) -> None:
         if not self.connected:
@@ -623,7 +623,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
                     await self._seed_from_view(reason="reset while it was unreachable")
                 elif shared.version > self._version:
                     self._out.clear()  # based on a generation the fleet has left
-                    self._heard(shared, "seed")
+                    self._heard(shared, Source.SEED)
             except (RedisError, OSError):
                 continue
             self.connected = True

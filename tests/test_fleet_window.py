@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from circuit_breaker import CallWindow, RatePolicy, WindowCounts
 from service.fleet_window import FleetWindow
-from service.redis_outbox import Hold, Outbox
+from service.redis_outbox import Hold, Outbox, Source
 from service.redis_state import SharedCircuitState
 from tests.fake_clock import FakeClock
 
@@ -128,10 +128,10 @@ def test_a_close_drops_the_retry_after_holds_waiting_and_nothing_else() -> None:
 def test_a_snapshot_read_at_the_version_heard_waits_for_what_is_pending_but_a_writes_reply_does_not() -> None:
     outbox = Outbox()
     outbox.count(reset=False, base=5)  # a failure, not a transition
-    for source in ("read", "message", "seed"):
+    for source in (Source.READ, Source.MESSAGE, Source.SEED):
         assert outbox.still_to_apply(5, 5, source), source  # it would roll the count back
-    assert not outbox.still_to_apply(5, 5, "write")  # the reply to the write that carries it
-    assert not outbox.still_to_apply(6, 5, "read")  # a newer version: the count is in it
+    assert not outbox.still_to_apply(5, 5, Source.WRITE)  # the reply to the write that carries it
+    assert not outbox.still_to_apply(6, 5, Source.READ)  # a newer version: the count is in it
 
 
 # A Retry-After hold, as this instance sees it before Redis answers.
