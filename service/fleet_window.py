@@ -42,8 +42,7 @@ class FleetWindow:
         self._calls: CallWindow | None = None  # the breaker's window, once it shares it
         self._taken = (0, 0, 0)  # its `counted()` when the unsent calls were last taken
         self._carried = WindowCounts()  # unsent calls besides those: a recount's
-        self._fleet: WindowCounts | None = None
-        self._fleet_heard = 0.0
+        self._fleet: tuple[WindowCounts, float] | None = None  # the fleet's totals, and when heard
         self.timer: asyncio.TimerHandle | None = None
         self.recounted = ""  # the seeding this instance's recent calls were added to
 
@@ -86,16 +85,18 @@ class FleetWindow:
 
     def counts(self) -> WindowCounts:
         """The fleet's window as last heard, plus this instance's unsent calls."""
-        fleet = self._fleet
-        if fleet is None or self._clock() - self._fleet_heard > self.policy.window:
-            fleet = WindowCounts()  # nothing heard within a window: only this process's calls
+        fleet = WindowCounts()  # nothing heard within a window: only this process's calls
+        if self._fleet is not None:
+            heard, heard_at = self._fleet
+            if self._clock() - heard_at <= self.policy.window:
+                fleet = heard
         unsent = self.unsent
         return WindowCounts(
             fleet.calls + unsent.calls, fleet.failures + unsent.failures, fleet.slow + unsent.slow
         )
 
     def heard(self, calls: int, failures: int, slow: int) -> None:
-        self._fleet, self._fleet_heard = WindowCounts(calls, failures, slow), self._clock()
+        self._fleet = WindowCounts(calls, failures, slow), self._clock()
 
     def new_state(self) -> None:
         """A new state or generation (an operator's reset anywhere in the fleet) starts a new

@@ -56,8 +56,8 @@ class Seeder:
             int(age * 1000),
             view.version,
             view.seq,
-            "1" if replace else "0",
-            int(view.hold * 1000) if opened else 0,
+            int(replace),
+            int(view.hold * 1000),  # 0 but in an open view: every transition ends a hold
             uuid.uuid4().hex,  # this seeding's id
         ]
         reply = await shielded(self._seed(keys=self._keys, args=args))
