@@ -330,7 +330,14 @@ async def test_calls_made_during_an_outage_longer_than_the_window_are_not_added_
 
 
 @pytest.mark.parametrize(
-    "field, value", [("hold_ms", b"abc"), ("version", b"x"), ("state", b"weird"), ("opened_at", b"soon")]
+    "field, value",
+    [
+        ("hold_ms", b"abc"),
+        ("version", b"x"),
+        ("state", b"weird"),
+        ("opened_at", b"soon"),
+        ("fail_counter", b"7" * 30 + b"x" * 200),  # a value that long is named by its start
+    ],
 )
 async def test_an_unreadable_record_is_logged_once_and_seeded_again(
     fleet: Fleet, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture, field: str, value: bytes
@@ -343,12 +350,37 @@ async def test_an_unreadable_record_is_logged_once_and_seeded_again(
 
     await eventually(unreadable, within=5, what="the unreadable record logged")
     assert redis_client.hget(CIRCUIT, field) != value
-    assert len(unreadable()) == 1 and field in unreadable()[0]
+    assert len(unreadable()) == 1, unreadable()
+    assert f"{field}={value.decode()[:40]!r}" in unreadable()[0], unreadable()
     # The instance still hears the fleet.
     redis_client.hset(CIRCUIT, "hold_ms", 1)
     a.trip()
     await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", what="the trip written")
     assert a.state_name == "open" and shared(a).connected
+
+
+async def test_an_unreadable_record_redis_will_not_let_it_replace_leaves_it_deciding_alone_until_it_can(
+    fleet: Fleet, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that refuses writes (its replicas out of reach, `min-replicas-to-write`) refuses
+    the record written over an unreadable one: the instance says why, decides alone, and
+    replaces the record once Redis takes writes again."""
+    a = await fleet(circuit_reset_timeout=RESET_TIMEOUT)
+    with redis_client.pipeline(transaction=True) as at_once:
+        at_once.hset(CIRCUIT, "hold_ms", b"abc")
+        at_once.config_set("min-replicas-to-write", 1)
+        at_once.execute()
+
+    def refused() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "cannot be replaced" in r.getMessage()]
+
+    await eventually(refused, within=5, what="the refused replacement logged")
+    assert "the circuit's record in Redis cannot be replaced: NOREPLICAS" in refused()[0], refused()
+    assert not shared(a).connected
+    redis_client.config_set("min-replicas-to-write", 0)
+    await eventually(lambda: shared(a).connected, within=5, what="a back on Redis")
+    assert redis_client.hget(CIRCUIT, "hold_ms") != b"abc"
+    assert redis_client.hget(CIRCUIT, "state") == b"closed"
 
 
 async def test_a_seeding_id_that_is_not_utf_8_is_read_as_an_id(

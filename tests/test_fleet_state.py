@@ -494,6 +494,25 @@ async def test_a_stop_with_redis_answering_writes_what_is_left_and_abandons_noth
     assert [r.getMessage() for r in caplog.records if "abandoned" in r.getMessage()] == []
 
 
+async def test_redis_lost_by_a_request_while_stopping_leaves_the_stop_its_last_writes(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    """A request's call that loses Redis restarts the background work (which reconnects
+    first), except during a stop: the restart would cancel the writer that is sending
+    what is left, and Redis may well answer it (one connection broke, not Redis)."""
+    breaker = await fleet(circuit_fail_max=10_000)
+    state = shared(breaker)
+    for _ in range(5):
+        with pytest.raises(PartnerDown):
+            await breaker.call(fail)
+    stopping = asyncio.ensure_future(state.stop())
+    await asyncio.sleep(0)  # the stop has begun
+    # As a request's call that met a broken connection does (`acquire_trial`, a write).
+    state._lose(ConnectionError("one connection broke"))
+    await asyncio.wait_for(stopping, STOP_TIMEOUT + BOUND)
+    assert redis_client.hget(CIRCUIT, "fail_counter") == b"5"
+
+
 async def test_stop_right_after_start_returns_within_its_bound(fleet: Fleet) -> None:
     for _ in range(10):
         breaker = await fleet()
