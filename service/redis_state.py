@@ -383,7 +383,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         )
         args: list[str | int] = [self._channel, self._fail_max, self._reset_timeout_ms, policy, window_ms]
         reply = await shielded(self._init(keys=self._keys, args=args))
-        self._warn_if_settings_differ(*(field.decode() if field else "" for field in reply[-4:]))
+        self._warn_if_settings_differ(*(field.decode() for field in reply[-4:]))  # b"" where none
         self.connected = True
         try:
             self._heard(Shared.parse(reply), Source.SEED)
