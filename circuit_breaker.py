@@ -215,6 +215,9 @@ class LogListener(pybreaker.CircuitBreakerListener):
 
 # With a rate policy pybreaker still counts failures in a row, but never trips on them.
 RATE_POLICY_FAIL_MAX = 2**31 - 1
+# The longest Retry-After honoured by default, in seconds: a wrong header (a day, say)
+# cannot keep the circuit open for longer; trials re-measure after.
+MAX_RETRY_AFTER = 300.0
 
 
 @dataclass(frozen=True)
@@ -575,7 +578,7 @@ class AsyncCircuitBreaker(pybreaker.CircuitBreakerListener):
         not_counted: tuple[type[BaseException], ...] = (),
         clock: Callable[[], float] = time.monotonic,
         policy: RatePolicy | None = None,
-        max_retry_after: float = 300.0,
+        max_retry_after: float = MAX_RETRY_AFTER,
         max_trial_seconds: float = 60.0,
     ) -> None:
         """`shared`: the storage `state_machine` was built with, when it is shared by a fleet.

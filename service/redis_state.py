@@ -104,7 +104,7 @@ import pybreaker
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
-from circuit_breaker import CallWindow, RatePolicy, TrialVerdict, WindowCounts
+from circuit_breaker import MAX_RETRY_AFTER, CallWindow, RatePolicy, TrialVerdict, WindowCounts
 from service import redis_scripts as scripts
 from service.fleet_window import FLUSH_INTERVAL, FleetWindow
 from service.record_seeding import Seeder, View
@@ -144,7 +144,7 @@ class SharedCircuitState(pybreaker.CircuitBreakerStorage):
         lease_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         policy: RatePolicy | None = None,
-        max_hold: float = 300.0,
+        max_hold: float = MAX_RETRY_AFTER,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         """`max_hold`: the longest Retry-After hold taken from Redis (CIRCUIT_RETRY_AFTER_MAX):

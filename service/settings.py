@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from circuit_breaker import MAX_RETRY_AFTER
 from service.chaos import HANG_SECONDS
 from service.redis_connection import SentinelAddress, check_files, is_sentinel_url
 
@@ -158,7 +159,7 @@ class OfferSettings(_ServiceSettings):
     # One partner's "come back later" holds the whole fleet open: ten minutes at most, so a
     # wrong header (a day, say) cannot serve cold offers for longer; trials re-measure after.
     circuit_retry_after_max: float = Field(
-        300.0,
+        MAX_RETRY_AFTER,
         ge=0,
         le=600,
         description="the longest Retry-After honoured, in seconds, from 0 (ignore them) to 600",
