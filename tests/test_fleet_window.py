@@ -125,6 +125,25 @@ def test_a_close_drops_the_retry_after_holds_waiting_and_nothing_else() -> None:
     assert [op for op, _, _ in outbox.entries] == ["failures", "open"]
 
 
+def test_counts_and_window_entries_leave_the_version_as_it_is_and_every_other_entry_moves_it() -> None:
+    """What `transitions_pending` says decides the version the next entries are based on:
+    taken for a transition, a pending count would keep the next failures on an old version,
+    which Redis refuses as stale; a pending transition missed would base them on one too old."""
+    outbox = Outbox()
+    outbox.count(reset=False, base=3)
+    outbox.count(reset=True, base=4)
+    outbox.send("window", 4, "1,1,0,10000,5,0.5,1.0")
+    outbox.send("recount", 4, "1,1,0,10000,5,0.5,1.0")
+    assert not outbox.transitions_pending()
+    for op in ("open", "trip", "close", "force-open", "force-close", "hold"):
+        with_one = Outbox()
+        with_one.count(reset=False, base=3)
+        with_one.send(op, 3, 0)
+        assert with_one.transitions_pending(), op
+        with_one.next_batch()  # in flight, its reply not heard: still pending
+        assert with_one.transitions_pending(), op
+
+
 def test_a_snapshot_read_at_the_version_heard_waits_for_what_is_pending_but_a_writes_reply_does_not() -> None:
     outbox = Outbox()
     outbox.count(reset=False, base=5)  # a failure, not a transition
