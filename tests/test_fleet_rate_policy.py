@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 import redis
 
-from circuit_breaker import AsyncCircuitBreaker, NotPermitted
+from circuit_breaker import AsyncCircuitBreaker, NotPermitted, WindowCounts
 from service.partner_client import PartnerFailure
 from service.redis_state import ALONE_JITTER
 from tests.breakers import CIRCUIT, eventually, shared
@@ -144,6 +144,21 @@ async def test_an_operators_reset_starts_the_fleets_window_afresh(
     await eventually(written(a), what="the failure written")
     assert fleet_window(redis_client) == (1, 1)
     assert redis_client.hget(CIRCUIT, "state") == b"closed"
+    assert a.state_name == "closed"
+
+
+async def test_an_operators_reset_made_on_another_instance_starts_this_ones_window_afresh(
+    fleet: Fleet,
+) -> None:
+    """A reset of a closed circuit changes its generation, not its state: heard from another
+    instance, it still starts the window afresh here."""
+    a, b = await fleet(**RATE), await fleet(**RATE)
+    for call in [ok] * 5 + [fail] * 4:  # 9 calls, 4 failures: under min_calls
+        await outcome(a, call)
+    await eventually(written(a), what="the calls written")
+    assert a.window_counts() == WindowCounts(9, 4, 0)
+    b.reset()
+    await eventually(lambda: a.window_counts() == WindowCounts(), within=5, what="a's window started afresh")
     assert a.state_name == "closed"
 
 
@@ -413,9 +428,12 @@ async def test_a_retry_after_hold_survives_a_lost_record(fleet: Fleet, redis_cli
         await outcome(a, partner_busy(60))
     await eventually(lambda: b.seconds_until_trial() > 50, what="the hold heard")
     await eventually(written(a, b), what="all written")
+    held = int(redis_client.hget(CIRCUIT, "hold_ms") or 0)
+    assert held >= 59_000
     redis_client.flushall()
     await eventually(lambda: redis_client.hget(CIRCUIT, "state") == b"open", within=5, what="seeded again")
-    assert int(redis_client.hget(CIRCUIT, "hold_ms") or 0) >= 59_000
+    seeded = int(redis_client.hget(CIRCUIT, "hold_ms") or 0)
+    assert abs(seeded - held) <= 1, f"the hold seeded again is {seeded} ms, {held} ms before"  # ms, rounded
     await eventually(written(a, b), what="all written")
     for breaker in (a, b):
         assert breaker.seconds_until_trial() > 50
