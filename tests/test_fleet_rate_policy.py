@@ -351,6 +351,7 @@ async def test_calls_made_during_an_outage_longer_than_the_window_are_not_added_
         ("version", b"x"),
         ("state", b"weird"),
         ("opened_at", b"soon"),
+        ("seq", b"x"),
         ("fail_counter", b"7" * 30 + b"x" * 200),  # a value that long is named by its start
     ],
 )

@@ -123,6 +123,13 @@ def test_a_snapshot_reads_state_count_age_in_seconds_version_existence_seq_and_h
     assert Shared.parse(fields) == Shared("open", 2, 1.5, 7, True, 9, 60.0)
 
 
+def test_a_snapshot_whose_open_period_began_ahead_of_redis_clock_is_read_with_a_negative_age() -> None:
+    """After a failover to a server whose clock is behind, `opened_at` is in its future: the
+    age is negative, and still a number (the period then lasts a little longer)."""
+    fields = [b"open", b"0", b"-250", b"7", b"1", b"9", b"0"]
+    assert Shared.parse(fields) == Shared("open", 0, -0.25, 7, True, 9, 0.0)
+
+
 def test_a_snapshot_of_a_circuit_that_never_opened_has_no_age_and_may_not_exist() -> None:
     closed = [b"closed", b"0", b"", b"0", b"0", b"0", b"0"]
     assert Shared.parse(closed) == Shared("closed", 0, None, 0, False, 0, 0.0)
