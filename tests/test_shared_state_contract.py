@@ -593,6 +593,27 @@ async def test_a_trial_is_granted_only_once_its_reset_timeout_has_passed_in_redi
         await breaker.call(ok)
 
 
+async def test_a_trial_asked_of_a_record_redis_lost_is_refused_as_the_open_circuit_it_was(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    breaker = await open_for_a_trial(fleet, redis_client, circuit_reset_timeout=10)
+    redis_client.delete(CIRCUIT)  # lost (a FLUSHALL, an eviction) just before the trial
+    with pytest.raises(NotPermitted) as refused:
+        await breaker.call(ok)
+    assert refused.value.reason == "circuit-open"
+
+
+async def test_a_record_unreadable_before_the_first_instance_starts_is_named_and_replaced(
+    fleet: Fleet, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_client.hset(CIRCUIT, mapping={"state": "closed", "fail_counter": 0, "version": 1, "seq": 0})
+    redis_client.hset(CIRCUIT, "hold_ms", b"abc")
+    await fleet()
+    replaced = [r.getMessage() for r in caplog.records if "was unreadable" in r.getMessage()]
+    assert len(replaced) == 1 and "unreadable (hold_ms='abc')" in replaced[0], replaced
+    assert redis_client.hget(CIRCUIT, "hold_ms") != b"abc"
+
+
 async def test_a_trial_asked_of_a_circuit_the_fleet_closed_is_no_trial(
     fleet: Fleet, redis_client: redis.Redis
 ) -> None:
