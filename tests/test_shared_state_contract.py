@@ -614,6 +614,33 @@ async def test_a_record_unreadable_before_the_first_instance_starts_is_named_and
     assert redis_client.hget(CIRCUIT, "hold_ms") != b"abc"
 
 
+async def test_a_trial_asked_for_by_a_caller_who_gave_up_and_then_lost_on_the_way_leaves_no_error(
+    fleet: Fleet, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """The ask goes on after its caller is cancelled (a lease Redis grants anyway must go
+    back); if it then fails, nobody awaits it, and the failure is looked at, not raised."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    slow_road = Road(redis_server.port, delay=0.1)
+    slow_road.mend()
+    try:
+        breaker = await open_for_a_trial(fleet, redis_client, url=slow_road.url, circuit_reset_timeout=10)
+        asking = asyncio.ensure_future(shared(breaker).acquire_trial())
+        await asyncio.sleep(0)  # asked: the reply is 0.2 s away, and the road is cut before it
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+        slow_road.cut()  # the ask's connection breaks before its reply
+        await eventually(lambda: not shared(breaker).connected, what="the outage noticed")
+        await asyncio.sleep(0.1)
+        gc.collect()
+        assert reported == []
+    finally:
+        slow_road.cut()
+        loop.set_exception_handler(None)
+
+
 async def test_a_trial_asked_of_a_circuit_the_fleet_closed_is_no_trial(
     fleet: Fleet, redis_client: redis.Redis
 ) -> None:
