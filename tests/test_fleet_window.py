@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from redis.asyncio import Redis
 
 from circuit_breaker import CallWindow, RatePolicy, WindowCounts
 from service.fleet_window import FleetWindow
-from service.redis_outbox import Hold, Outbox, Source
+from service.redis_outbox import MAX_OUTBOX, Hold, Outbox, Source
 from service.redis_state import SharedCircuitState
 from tests.fake_clock import FakeClock
 
@@ -113,6 +114,17 @@ async def test_a_cancelled_window_is_never_due_again() -> None:
 
 
 # The outbox (`service/redis_outbox.py`): what waits to be written.
+
+
+def test_a_full_outbox_drops_its_oldest_entries_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Only transitions pile up (counts coalesce), during a long outage: the oldest are stale
+    by then, and the log says so at the first drop, not at each."""
+    outbox = Outbox()
+    for base in range(MAX_OUTBOX + 2):
+        outbox.send("open", base)
+    assert [base for _, base, _ in outbox.entries] == list(range(2, MAX_OUTBOX + 2))
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert dropped == ["circuit updates dropped: 1 so far (Redis unreachable too long)"]
 
 
 def test_a_close_drops_the_retry_after_holds_waiting_and_nothing_else() -> None:
