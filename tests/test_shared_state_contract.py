@@ -593,11 +593,16 @@ async def test_a_trial_is_granted_only_once_its_reset_timeout_has_passed_in_redi
         await breaker.call(ok)
 
 
-async def test_a_trial_asked_of_a_record_redis_lost_is_refused_as_the_open_circuit_it_was(
-    fleet: Fleet, redis_client: redis.Redis
+@pytest.mark.parametrize("record", ["lost", "unreadable"])
+async def test_a_trial_asked_of_a_record_lost_or_unreadable_is_refused_as_the_open_circuit_it_was(
+    fleet: Fleet, redis_client: redis.Redis, record: str
 ) -> None:
     breaker = await open_for_a_trial(fleet, redis_client, circuit_reset_timeout=10)
-    redis_client.delete(CIRCUIT)  # lost (a FLUSHALL, an eviction) just before the trial
+    # Just before the trial: lost (a FLUSHALL, an eviction), or written by someone else.
+    if record == "lost":
+        redis_client.delete(CIRCUIT)
+    else:
+        redis_client.hset(CIRCUIT, "fail_counter", b"x")  # a field the trial's script passes on unread
     with pytest.raises(NotPermitted) as refused:
         await breaker.call(ok)
     assert refused.value.reason == "circuit-open"
