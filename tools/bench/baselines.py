@@ -28,7 +28,7 @@ import httpx
 import pybreaker
 from fastapi import FastAPI, Request, Response
 
-from offer_service import JSON_CONTENT_TYPE, cold_offer, cold_offer_body, create_app
+from offer_service import OfferResponse, cold_offer, cold_offer_body, create_app
 from service.partner_client import MAX_CONNECTIONS
 from service.plain_route import PlainRoute
 from service.settings import OfferSettings
@@ -122,10 +122,7 @@ plain_fallback_app = FastAPI()
 
 
 async def plain_fallback_offer() -> Response:
-    body = cold_offer_body()
-    response = Response(body)
-    response.raw_headers = [(b"content-length", str(len(body)).encode()), JSON_CONTENT_TYPE]
-    return response
+    return OfferResponse(cold_offer_body(), head=())
 
 
 plain_fallback_app.router.add_api_route("/offer", plain_fallback_offer, route_class_override=PlainRoute)
