@@ -89,6 +89,19 @@ def state_log(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "redis_state"]
 
 
+@contextlib.contextmanager
+def errors_reported_on_the_loop() -> Iterator[list[dict[str, Any]]]:
+    """What the running loop's exception handler is given meanwhile (an error raised in a
+    callback, a task's exception never retrieved), for a test to find empty."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        yield reported
+    finally:
+        loop.set_exception_handler(None)
+
+
 def written_failures(client: redis.Redis) -> int:
     return int(client.hget(CIRCUIT, "fail_counter") or 0)
 
@@ -247,10 +260,7 @@ async def test_a_call_that_must_finish_runs_on_after_its_caller_is_cancelled() -
 
 @pytest.mark.parametrize("cancel_inner", [True, False])
 async def test_an_abandoned_calls_end_is_never_reported_as_an_error(cancel_inner: bool) -> None:
-    loop = asyncio.get_running_loop()
-    reported: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _loop, context: reported.append(context))
-    try:
+    with errors_reported_on_the_loop() as reported:
         started = asyncio.Event()
 
         async def call() -> str:
@@ -268,8 +278,6 @@ async def test_an_abandoned_calls_end_is_never_reported_as_an_error(cancel_inner
         gc.collect()
         await asyncio.sleep(0)
         assert reported == []
-    finally:
-        loop.set_exception_handler(None)
 
 
 # Where the fleet meets
@@ -624,26 +632,23 @@ async def test_a_trial_asked_for_by_a_caller_who_gave_up_and_then_lost_on_the_wa
 ) -> None:
     """The ask goes on after its caller is cancelled (a lease Redis grants anyway must go
     back); if it then fails, nobody awaits it, and the failure is looked at, not raised."""
-    loop = asyncio.get_running_loop()
-    reported: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _loop, context: reported.append(context))
     slow_road = Road(redis_server.port, delay=0.1)
     slow_road.mend()
     try:
-        breaker = await open_for_a_trial(fleet, redis_client, url=slow_road.url, circuit_reset_timeout=10)
-        asking = asyncio.ensure_future(shared(breaker).acquire_trial())
-        await asyncio.sleep(0)  # asked: the reply is 0.2 s away, and the road is cut before it
-        asking.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asking
-        slow_road.cut()  # the ask's connection breaks before its reply
-        await eventually(lambda: not shared(breaker).connected, what="the outage noticed")
-        await asyncio.sleep(0.1)
-        gc.collect()
-        assert reported == []
+        with errors_reported_on_the_loop() as reported:
+            breaker = await open_for_a_trial(fleet, redis_client, url=slow_road.url, circuit_reset_timeout=10)
+            asking = asyncio.ensure_future(shared(breaker).acquire_trial())
+            await asyncio.sleep(0)  # asked: the reply is 0.2 s away, and the road is cut before it
+            asking.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asking
+            slow_road.cut()  # the ask's connection breaks before its reply
+            await eventually(lambda: not shared(breaker).connected, what="the outage noticed")
+            await asyncio.sleep(0.1)
+            gc.collect()
+            assert reported == []
     finally:
         slow_road.cut()
-        loop.set_exception_handler(None)
 
 
 async def test_a_trial_asked_of_a_circuit_the_fleet_closed_is_no_trial(
@@ -1248,10 +1253,7 @@ async def test_a_trip_not_yet_sent_is_not_undone_by_the_reply_to_an_earlier_batc
 
 
 async def test_a_stop_leaves_no_error_behind_on_the_event_loop(fleet: Fleet) -> None:
-    loop = asyncio.get_running_loop()
-    reported: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _loop, context: reported.append(context))
-    try:
+    with errors_reported_on_the_loop() as reported:
         breaker = await fleet()
         await eventually(lambda: settled(breaker), what="started")
         await asyncio.sleep(0.1)
@@ -1260,5 +1262,3 @@ async def test_a_stop_leaves_no_error_behind_on_the_event_loop(fleet: Fleet) -> 
         gc.collect()
         await asyncio.sleep(0)
         assert reported == []
-    finally:
-        loop.set_exception_handler(None)
